@@ -64,12 +64,15 @@ def cosine_annealing(step, total_steps, lr_max, lr_min, warmup_steps=0):
     """Linear warm-up from 0 over `warmup_steps`, then cosine from lr_max to lr_min.
 
     Design 5: used as a per-iteration LR multiplier with lr_max=1, lr_min=1e-6/lr and
-    warm-up over the first 10 epochs; `step == total_steps` gives exactly lr_min.
+    warm-up over the first 10 epochs; `step == total_steps` gives exactly lr_min. A run
+    no longer than its warm-up stays on the warm-up line, as the published code does.
     """
-    if warmup_steps < 0 or total_steps <= warmup_steps:
-        raise ValueError(f'need 0 <= warmup_steps < total_steps, got {warmup_steps}, {total_steps}')
+    if warmup_steps < 0 or total_steps < 1:
+        raise ValueError(f'need warmup_steps >= 0 and total_steps >= 1, got {warmup_steps}, {total_steps}')
     if step < warmup_steps:
         return lr_max * step / warmup_steps
+    if total_steps <= warmup_steps:
+        return lr_max
     progress = (step - warmup_steps) / (total_steps - warmup_steps)
     return lr_min + (lr_max - lr_min) * 0.5 * (1 + math.cos(progress * math.pi))
 

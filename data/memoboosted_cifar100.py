@@ -1,0 +1,72 @@
+"""The memory-boosted two-view dataset of BCL (design 1.4).
+
+Sample i is augmented with the base SimCLR augmentation, then RandAugmentProb(k, m_i,
+p=w_i), where w_i in [0, 1] comes from its momentum loss: harder-to-memorise samples get
+stronger, more frequent RandAugment.
+"""
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from data.augmentations import simclr_pil_transform
+from data.cifar100 import TwoViewCIFAR100
+from data.randaug import RandAugmentProb
+
+
+def momentum_weight(momentum_loss):
+    """Design 1.4: z = (L - mean) / std (unbiased), w = z / max|z| / 2 + 1/2, in [0, 1].
+
+    Accepts a torch tensor (any device) or anything numpy reads; returns float64 numpy.
+    """
+    if isinstance(momentum_loss, torch.Tensor):
+        momentum_loss = momentum_loss.detach().cpu().numpy()
+    loss = np.asarray(momentum_loss, dtype=np.float64)
+    std = loss.std(ddof=1) if loss.size > 1 else 0.0
+    z = (loss - loss.mean()) / std if std > 0 else np.zeros_like(loss)
+    scale = np.abs(z).max() if z.size else 0.0
+    if scale == 0:
+        # All losses equal: the published formula divides 0 by 0 and gives NaN weights;
+        # we give every sample the middle weight 0.5 (z = 0) instead.
+        return np.full_like(loss, 0.5)
+    return z / scale / 2 + 0.5
+
+
+def rand_strength_magnitude(weight, rand_k, rand_strength, u):
+    """Design 1.4: RandAugment magnitude of a sample with weight w (u ~ U(0, 1) per call,
+    used only when rand_k >= 2)."""
+    if rand_k == 1:
+        return 10 + (rand_strength - 10) * weight
+    return 5 + (rand_strength - 5) * weight * u
+
+
+class MemoBoostedCIFAR100(TwoViewCIFAR100):
+    """Two-view dataset whose RandAugment strength and probability follow per-sample weights."""
+
+    def __init__(self, data_folder, indices, rand_k=1, rand_strength=30, download=True):
+        super().__init__(data_folder, indices, download=download)
+        self.rand_k, self.rand_strength = rand_k, rand_strength
+        self.base = simclr_pil_transform()
+        self.to_tensor = transforms.ToTensor()
+        # Shared memory, updated in place: DataLoader workers (persistent ones included)
+        # map the same storage, so they see the new weights at the next epoch.
+        self.momentum_weight = torch.zeros(len(self.indices), dtype=torch.float64).share_memory_()
+
+    def update_momentum_weight(self, momentum_loss):
+        """Set the weights from this epoch's momentum losses (length N, dataset order)."""
+        weight = torch.from_numpy(momentum_weight(momentum_loss))
+        if weight.shape != self.momentum_weight.shape:
+            raise ValueError(f'momentum loss has shape {tuple(weight.shape)}, '
+                             f'expected {tuple(self.momentum_weight.shape)}')
+        self.momentum_weight.copy_(weight)
+
+    def __getitem__(self, i):
+        weight = float(self.momentum_weight[i])
+        u = random.random() if self.rand_k >= 2 else None  # one draw shared by both views
+        magnitude = rand_strength_magnitude(weight, self.rand_k, self.rand_strength, u)
+        rand_augment = RandAugmentProb(self.rand_k, magnitude, p=weight)
+        img = Image.fromarray(self.images[i])
+        views = [self.to_tensor(rand_augment(self.base(img))) for _ in range(2)]
+        return torch.stack(views), i

@@ -1,0 +1,193 @@
+"""CIFAR-100 loading, the two-view and evaluation datasets (design 1.2) and the
+memory-boosted dataset (design 1.4), on the synthetic folder with the real loader."""
+import os
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import data.memoboosted_cifar100 as memoboosted
+from data.cifar100 import EvalCIFAR100, TwoViewCIFAR100, load_cifar100
+from data.memoboosted_cifar100 import MemoBoostedCIFAR100, momentum_weight, rand_strength_magnitude
+from utils import InputError
+
+
+def raw_batch(folder, name):
+    with open(os.path.join(folder, 'cifar-100-python', name), 'rb') as f:
+        entry = pickle.load(f, encoding='latin1')
+    return np.asarray(entry['data']), np.asarray(entry['fine_labels'])
+
+
+@pytest.mark.parametrize('train, size', [(True, 2000), (False, 1000)])
+def test_load_matches_raw_pickle(synthetic_cifar, train, size):
+    images, labels = load_cifar100(synthetic_cifar, train=train, download=False)
+    raw, raw_labels = raw_batch(synthetic_cifar, 'train' if train else 'test')
+    assert images.shape == (size, 32, 32, 3) and images.dtype == np.uint8
+    assert labels.shape == (size,) and labels.dtype == np.int64
+    assert np.array_equal(labels, raw_labels)
+    # pixel (y, x) of channel c is byte c * 1024 + y * 32 + x of the row
+    for i, y, x, c in [(0, 0, 0, 0), (7, 31, 0, 1), (size - 1, 5, 17, 2), (123, 31, 31, 2)]:
+        assert images[i, y, x, c] == raw[i, c * 1024 + y * 32 + x]
+    assert load_cifar100(synthetic_cifar, train=train)[0] is images  # cached
+
+
+def test_missing_folder_without_download(tmp_path):
+    with pytest.raises(InputError, match='CIFAR-100 not found in .*nowhere.*cifar-100-python'):
+        load_cifar100(str(tmp_path / 'nowhere'), train=True, download=False)
+
+
+def test_missing_folder_download_fails(tmp_path, monkeypatch):
+    """The real torchvision download path runs; its network call fails as offline."""
+    import torchvision.datasets.cifar
+
+    def offline(*args, **kwargs):
+        raise OSError('no network')
+    monkeypatch.setattr(torchvision.datasets.cifar, 'download_and_extract_archive', offline)
+    with pytest.raises(InputError, match=r'not found in .*empty.*download failed \(OSError: no network\)'):
+        TwoViewCIFAR100(str(tmp_path / 'empty'), indices=[0, 1])
+
+
+def test_two_view_dataset(synthetic_cifar):
+    indices = np.array([5, 0, 1999, 100, 200])
+    dataset = TwoViewCIFAR100(synthetic_cifar, indices)
+    raw, raw_labels = raw_batch(synthetic_cifar, 'train')
+    assert len(dataset) == 5 and dataset.num_class == 100
+    assert np.array_equal(dataset.labels, raw_labels[indices]) and dataset.labels.dtype == np.int64
+    expected_counts = np.zeros(100, dtype=np.int64)
+    np.add.at(expected_counts, raw_labels[indices], 1)
+    assert np.array_equal(dataset.class_counts, expected_counts)
+    assert np.array_equal(dataset.images[2].transpose(2, 0, 1).reshape(-1), raw[1999])
+    torch.manual_seed(0)
+    for i in range(len(dataset)):
+        views, position = dataset[i]
+        assert position == i
+        assert views.shape == (2, 3, 32, 32) and views.dtype == torch.float32
+        assert views.min() >= 0 and views.max() <= 1 and views.max() > 0.5
+        assert not torch.equal(views[0], views[1])
+
+
+@pytest.mark.parametrize('train', [True, False])
+def test_eval_dataset(synthetic_cifar, train):
+    raw, raw_labels = raw_batch(synthetic_cifar, 'train' if train else 'test')
+    indices = [3, 999, 0] if train else None
+    dataset = EvalCIFAR100(synthetic_cifar, train=train, indices=indices)
+    assert len(dataset) == (3 if train else 1000)
+    positions = [0, 1, 2] if train else [0, 1, 999]
+    for position, source in zip(positions, indices or positions):
+        image, label = dataset[position]
+        expected = torch.from_numpy(raw[source].reshape(3, 32, 32).astype(np.float32)) / 255
+        assert image.dtype == torch.float32 and torch.equal(image, expected)
+        assert type(label) is int and label == raw_labels[source]
+
+
+def test_momentum_weight_formula():
+    # mean 4, deviations (-3, -2, -1, 6): the max is the max-|z| side and maps to 1
+    assert np.allclose(momentum_weight(np.array([1.0, 2, 3, 10])), [0.25, 1 / 3, 5 / 12, 1.0])
+    # mean 7, deviations (-7, 1, 2, 4): the min is the max-|z| side and maps to 0
+    weight = momentum_weight(torch.tensor([0.0, 8, 9, 11]))
+    assert weight.dtype == np.float64 and np.allclose(weight, [0.0, 4 / 7, 9 / 14, 11 / 14])
+    assert np.allclose(momentum_weight(torch.tensor([3.0, 1.0], dtype=torch.float64)), [1.0, 0.0])
+    # all equal: 0.5 everywhere (the published formula would give NaN)
+    assert np.array_equal(momentum_weight(np.full(4, 2.5)), np.full(4, 0.5))
+    assert np.array_equal(momentum_weight([7.0]), [0.5])
+
+
+def test_strength_rules():
+    assert rand_strength_magnitude(0.0, 1, 30, None) == 10
+    assert rand_strength_magnitude(0.5, 1, 30, None) == 20
+    assert rand_strength_magnitude(1.0, 1, 20, None) == 20
+    assert rand_strength_magnitude(0.5, 2, 30, 0.4) == pytest.approx(10)
+    assert rand_strength_magnitude(1.0, 3, 25, 1.0) == 25
+    assert rand_strength_magnitude(0.0, 2, 30, 0.9) == 5
+
+
+class RecordingRandAugmentProb:
+    """Stands in for RandAugmentProb in the dataset: records its arguments and calls."""
+    made = []
+
+    def __init__(self, n, m, p):
+        self.n, self.m, self.p, self.calls = n, m, p, 0
+        self.made.append(self)
+
+    def __call__(self, img):
+        self.calls += 1
+        return img
+
+
+@pytest.mark.parametrize('rand_k, rand_strength', [(1, 30), (2, 30), (3, 20)])
+def test_memoboosted_getitem_strength(synthetic_cifar, monkeypatch, rand_k, rand_strength):
+    monkeypatch.setattr(memoboosted, 'RandAugmentProb', RecordingRandAugmentProb)
+    RecordingRandAugmentProb.made = []
+    dataset = MemoBoostedCIFAR100(synthetic_cifar, np.arange(10), rand_k, rand_strength)
+    assert dataset.momentum_weight.dtype == torch.float64 and not dataset.momentum_weight.any()
+    loss = np.arange(10.0) ** 2
+    dataset.update_momentum_weight(torch.from_numpy(loss))
+    weight = momentum_weight(loss)
+    for i in (0, 3, 9, 9):
+        random.seed(i)
+        u = random.random()
+        random.seed(i)
+        views, position = dataset[i]
+        assert position == i and views.shape == (2, 3, 32, 32)
+        augment = RecordingRandAugmentProb.made[-1]
+        assert augment.calls == 2  # both views, one shared magnitude
+        assert augment.n == rand_k and augment.p == pytest.approx(weight[i])
+        if rand_k == 1:
+            expected = 10 + (rand_strength - 10) * weight[i]
+        else:
+            expected = 5 + (rand_strength - 5) * weight[i] * u
+        assert augment.m == pytest.approx(expected)
+    if rand_k >= 2:  # u is drawn afresh per call
+        dataset[9]
+        assert RecordingRandAugmentProb.made[-1].m != RecordingRandAugmentProb.made[-2].m
+
+
+def test_memoboosted_zero_weight_is_plain_simclr(synthetic_cifar):
+    """With all weights 0 no RandAugment op is applied: the views equal the SimCLR views."""
+    plain = TwoViewCIFAR100(synthetic_cifar, np.arange(4))
+    boosted = MemoBoostedCIFAR100(synthetic_cifar, np.arange(4), rand_k=2)
+    for i in range(4):
+        torch.manual_seed(i)
+        expected = plain[i][0]
+        torch.manual_seed(i)
+        assert torch.equal(boosted[i][0], expected)
+    boosted.update_momentum_weight(np.arange(4.0))  # weights 0, 1/3, 2/3, 1: now it differs
+    torch.manual_seed(3)
+    expected = plain[3][0]
+    random.seed(0)  # u and the ops drawn with this seed visibly change the image
+    torch.manual_seed(3)
+    assert not torch.equal(boosted[3][0], expected)
+
+
+def test_update_rejects_wrong_length(synthetic_cifar):
+    dataset = MemoBoostedCIFAR100(synthetic_cifar, np.arange(4))
+    with pytest.raises(ValueError, match='expected'):
+        dataset.update_momentum_weight(np.arange(3.0))
+
+
+class WeightEcho(MemoBoostedCIFAR100):
+    """Returns the weight a worker sees for sample i, and the worker's pid."""
+
+    def __getitem__(self, i):
+        return float(self.momentum_weight[i]), os.getpid()
+
+
+def test_weight_update_reaches_persistent_workers(synthetic_cifar):
+    dataset = WeightEcho(synthetic_cifar, np.arange(16))
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, persistent_workers=True)
+
+    def epoch():
+        weights, pids = zip(*[(w, p) for batch_w, batch_p in loader
+                              for w, p in zip(batch_w.tolist(), batch_p.tolist())])
+        return np.array(weights), set(pids)
+
+    weights, first_pids = epoch()
+    assert np.array_equal(weights, np.zeros(16)) and os.getpid() not in first_pids
+    for loss in (np.arange(16.0), np.arange(16.0)[::-1] ** 2):
+        dataset.update_momentum_weight(loss)
+        weights, pids = epoch()
+        assert pids == first_pids  # the same, persistent workers
+        assert np.allclose(weights, momentum_weight(loss))
