@@ -1,0 +1,150 @@
+"""Linear-probe evaluation (design 6): frozen features, linear probes, Many/Medium/Few groups.
+
+Features are the backbone output before the projection head, network in eval mode, dense
+branch for SDCLR (`model.features`). A probe is Linear(d, num_class) trained with Adam
+(lr 1e-2, weight decay 5e-6), the learning rate decayed per epoch by
+gamma = (1e-6 / 1e-2) ** (1 / epochs), shuffled mini-batches of 1000 (last partial batch
+kept), cross-entropy. Everything stays on the features' device.
+
+Probes trained on index sets of equal size (the five 100-shot subsets, say) are trained
+together as one stacked weight [P, d, C]. Each probe is the same computation as a probe
+trained alone: the same initial weights and the same shuffled order of positions (one
+generator seeded with `seed`), its own loss (per-probe mean; the sum over probes leaves each
+probe's gradient its own), and Adam is elementwise. So a separate run with the same seed
+gives the same accuracy (tests/test_eval.py checks it).
+"""
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+from data.cifar100 import NUM_CLASSES, EvalCIFAR100
+from split.resolve import load_split, protocol_files
+
+PROBE_EPOCHS = 500
+PROBE_BATCH = 1000
+LR_START, LR_END, WEIGHT_DECAY = 1e-2, 1e-6, 5e-6
+
+
+def extract_features(model, dataset, device, batch_size=512, num_workers=0):
+    """(features float32 [N, d], labels int64 [N]) of `dataset`, both on `device`, in dataset order.
+
+    Design 6: eval mode, no gradient, `model.features` (the dense branch for SDCLR). The
+    model's train/eval mode is restored afterwards.
+    """
+    cuda = device.type == 'cuda'
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=cuda)
+    was_training = model.training
+    model.eval()
+    features, labels = [], []
+    with torch.no_grad():
+        for images, targets in loader:
+            features.append(model.features(images.to(device, non_blocking=cuda)).float())
+            labels.append(targets.to(device, non_blocking=cuda))
+    model.train(was_training)
+    return torch.cat(features), torch.cat(labels).long()
+
+
+def _probe_logits(features, weight, bias):
+    """Logits [P, B, C] of P probes on features [P, B, d], in float32 even inside autocast."""
+    with torch.autocast(features.device.type, enabled=False):
+        return torch.baddbmm(bias.unsqueeze(1), features.float(), weight)
+
+
+def train_probes(features, labels, index_sets, num_class, epochs=PROBE_EPOCHS, seed=0):
+    """Train one linear probe per index set (rows of `features`), all at once.
+
+    Returns (weight [P, d, C], bias [P, C]). The index sets must have equal sizes. The
+    random draws (initial weights as nn.Linear draws them, one permutation per epoch) come
+    from one CPU generator seeded with `seed`, so they do not depend on the device; each
+    epoch's permutation is one small host-to-device copy.
+    """
+    if len({len(s) for s in index_sets}) != 1:
+        raise ValueError(f'probes trained together need index sets of one size, got {[len(s) for s in index_sets]}')
+    device = features.device
+    index = torch.stack([torch.as_tensor(np.asarray(s), dtype=torch.long) for s in index_sets]).to(device)
+    num_probes, n = index.shape
+    dim = features.shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    bound = 1 / math.sqrt(dim)  # nn.Linear's default init: U(-1/sqrt(d), 1/sqrt(d))
+    weight0 = torch.empty(num_class, dim).uniform_(-bound, bound, generator=generator)
+    bias0 = torch.empty(num_class).uniform_(-bound, bound, generator=generator)
+    weight = weight0.t().repeat(num_probes, 1, 1).to(device).requires_grad_()
+    bias = bias0.repeat(num_probes, 1).to(device).requires_grad_()
+
+    optimizer = torch.optim.Adam([weight, bias], lr=LR_START, weight_decay=WEIGHT_DECAY)
+    gamma = (LR_END / LR_START) ** (1 / epochs)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=generator).to(device)
+        for start in range(0, n, PROBE_BATCH):
+            batch = index[:, perm[start:start + PROBE_BATCH]]  # [P, B] rows of `features`
+            logits = _probe_logits(features[batch], weight, bias)
+            loss = F.cross_entropy(logits.flatten(0, 1), labels[batch].flatten(), reduction='none')
+            loss = loss.view(num_probes, -1).mean(1).sum()  # per-probe mean: gradients stay separate
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+    return weight.detach(), bias.detach()
+
+
+def probe_accuracy(weight, bias, features, labels, num_class):
+    """Per probe: {'top1', 'top5' (%), 'per_class' (np.ndarray [C], % top-1 per class)}."""
+    with torch.no_grad():
+        logits = _probe_logits(features.expand(len(weight), -1, -1), weight, bias)
+        hits = logits.topk(5, dim=2).indices == labels[None, :, None]  # [P, M, 5]
+        top1, top5 = hits[..., 0].float(), hits.any(2).float()
+        per_class = torch.zeros(len(weight), num_class, device=features.device)
+        per_class.index_add_(1, labels, top1)
+        per_class = per_class / torch.bincount(labels, minlength=num_class)  # nan for a class absent from test
+        top1, top5, per_class = (100 * top1.mean(1)).tolist(), (100 * top5.mean(1)).tolist(), \
+            (100 * per_class).double().cpu().numpy()
+    return [{'top1': a, 'top5': b, 'per_class': c} for a, b, c in zip(top1, top5, per_class)]
+
+
+def linear_probe(train_features, train_labels, test_features, test_labels, num_class=NUM_CLASSES,
+                 epochs=PROBE_EPOCHS, seed=0):
+    """One probe on all training features: {'top1', 'top5', 'per_class'} on the test features."""
+    rows = torch.arange(len(train_features), device=train_features.device)
+    weight, bias = train_probes(train_features, train_labels, [rows], num_class, epochs, seed)
+    return probe_accuracy(weight, bias, test_features, test_labels, num_class)[0]
+
+
+def group_accuracy(per_class_acc, class_counts):
+    """Design 6: {'many', 'medium', 'few', 'std'} from per-class accuracy and D_i class counts.
+
+    Classes are sorted by count, descending; ties keep ascending class order (stable sort).
+    For C classes, Medium and Few get C // 3 classes each and Many the rest: 34/33/33 for 100.
+    Std is the population std (numpy default) of the three group means.
+    """
+    per_class_acc, class_counts = np.asarray(per_class_acc, dtype=np.float64), np.asarray(class_counts)
+    if per_class_acc.shape != class_counts.shape or per_class_acc.ndim != 1:
+        raise ValueError(f'need one accuracy per class count, got {per_class_acc.shape} and {class_counts.shape}')
+    order = np.argsort(-class_counts, kind='stable')
+    third = len(order) // 3
+    many, medium, few = np.split(per_class_acc[order], [len(order) - 2 * third, len(order) - third])
+    groups = {'many': float(many.mean()), 'medium': float(medium.mean()), 'few': float(few.mean())}
+    groups['std'] = float(np.std([groups['many'], groups['medium'], groups['few']]))
+    return groups
+
+
+def full_shot_eval(model, data_folder, train_split, device, probe_epochs=PROBE_EPOCHS, seed=0,
+                   num_workers=0):
+    """Full-shot probe of design 6 for `train_split` (a D_i name): trained on its family's train
+    list, tested on the 10,000 test images. Returns {'top1', 'top5', 'per_class', 'many',
+    'medium', 'few', 'std'} (groups by the class counts of `train_split`)."""
+    train_set = EvalCIFAR100(data_folder, train=True)
+    train_idx = load_split(protocol_files(train_split)['train'], len(train_set))
+    class_counts = np.bincount(train_set.labels[load_split(train_split, len(train_set))],
+                               minlength=NUM_CLASSES)
+    train_features, train_labels = extract_features(model, Subset(train_set, train_idx), device,
+                                                    num_workers=num_workers)
+    test_features, test_labels = extract_features(model, EvalCIFAR100(data_folder, train=False), device,
+                                                  num_workers=num_workers)
+    result = linear_probe(train_features, train_labels, test_features, test_labels, NUM_CLASSES,
+                          probe_epochs, seed)
+    return {**result, **group_accuracy(result['per_class'], class_counts)}
