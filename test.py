@@ -1,0 +1,277 @@
+"""Linear-probe evaluation of a pre-trained checkpoint (design 6), and the paper's table (design 7).
+
+    python test.py --checkpoint checkpoints/BCL_D/model_2000.pt --prune --test_fullshot \
+        --test_100shot --test_50shot --data_folder DATA --model resnet18 --seed 10 --gpus 0 \
+        --num_workers 8 --prune_percent 0.9
+
+One feature pass: the features of every train image some probe needs (the union of the
+train list and the shot subsets of the split's family) and of the 10,000 test images are
+extracted once; the full-shot probe and the five 100-shot and five 50-shot probes (each shot
+count trained together, eval_cifar.train_probes) reuse them. Prints a table and a markdown
+row in design 7's layout next to the published numbers, and writes every number as JSON to
+--output (default: <checkpoint without extension>_results.json beside the checkpoint).
+
+    python test.py --table results/*.json
+
+prints design 7's table from several results files: one row per method, each cell the mean
++- population std over the files of that method (e.g. the five splits).
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import Subset
+
+from data.cifar100 import NUM_CLASSES, EvalCIFAR100
+from eval_cifar import extract_features, group_accuracy, probe_accuracy, train_probes
+from models import build_model, load_pretrained
+from split.resolve import load_split, protocol_files
+from utils import InputError, fail, get_device, set_seed
+
+DEFAULT_SPLIT = 'cifar100_imbSub_with_subsets/cifar100_split1_D_i.npy'
+METHODS = ('SimCLR', 'SDCLR', 'BCL-I', 'BCL-D')
+PUBLISHED = {'SimCLR': (50.7, 46.3, 42.4), 'SDCLR': (55.0, 49.7, 45.6),  # design 7: full, 100, 50-shot
+             'BCL-I': (55.7, 50.1, 45.8), 'BCL-D': (58.7, 52.6, 48.7)}
+SHOTS = (100, 50)
+COLUMNS = ('full-shot', '100-shot', '50-shot', 'Many', 'Medium', 'Few', 'Std')
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description='Linear-probe evaluation of a BCL/SDCLR checkpoint '
+                                                 '(design 6), or the paper table from results files.')
+    parser.add_argument('--checkpoint', default='', help='checkpoint to evaluate (ours, or a published one)')
+    parser.add_argument('--prune', action='store_true', help='the checkpoint holds an SDCLR model (SDCLR, BCL-D)')
+    parser.add_argument('--test_fullshot', action='store_true', help='probe on the train list (+ Many/Medium/Few)')
+    parser.add_argument('--test_100shot', action='store_true', help='probes on the five 100-shot subsets')
+    parser.add_argument('--test_50shot', action='store_true', help='probes on the five 50-shot subsets')
+    parser.add_argument('--data_folder', default='', help="folder holding torchvision's cifar-100-python/")
+    parser.add_argument('--dataset', default='cifar100', choices=['cifar100'], help='accepted as published')
+    parser.add_argument('--save_dir', default='', help='accepted as published, unused (see --output)')
+    parser.add_argument('--model', default=None, choices=['resnet18', 'resnet50'],
+                        help="network; default: the checkpoint's, else resnet18")
+    parser.add_argument('--seed', type=int, default=10, help='seed of the probes (init and batch order)')
+    parser.add_argument('--gpus', default='0', help='CUDA device id (first of a comma list); CPU without CUDA')
+    parser.add_argument('--num_workers', type=int, default=8, help='feature-extraction loader workers')
+    parser.add_argument('--prune_percent', type=float, default=0,
+                        help='accepted for compatibility; no effect: evaluation uses the dense branch')
+    parser.add_argument('--trainSplit', default=None,
+                        help="pre-training split D_i (its family's train list and shot subsets are probed, "
+                             "its class counts define Many/Medium/Few); default: the checkpoint's, "
+                             f'else {DEFAULT_SPLIT}')
+    parser.add_argument('--output', default=None,
+                        help='results JSON; default: <checkpoint without extension>_results.json')
+    parser.add_argument('--probe_epochs', type=int, default=500, help='epochs of each linear probe')
+    parser.add_argument('--table', nargs='+', metavar='RESULTS', default=None,
+                        help='print the design 7 table from these results files and exit')
+    return parser
+
+
+def read_checkpoint(path):
+    if not path:
+        raise InputError('no checkpoint given: pass --checkpoint PATH')
+    if not os.path.isfile(path):
+        raise InputError(f'checkpoint {path} does not exist: check the path')
+    try:  # our checkpoints hold numpy RNG states, which weights_only=True rejects
+        return torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:  # any failure to unpickle means the file is not a checkpoint
+        reason = (str(e).splitlines() or [''])[0]
+        raise InputError(f'cannot read checkpoint {path} ({type(e).__name__}: {reason}): '
+                         'pass a file saved by train.py / train_sdclr.py or a published checkpoint') from None
+
+
+def mean_std(values):
+    """(mean, population std) of a list; std over the 5 subsets (or the runs) uses numpy's default."""
+    return float(np.mean(values)), float(np.std(values))
+
+
+def evaluate(args, output):
+    """Every requested probe of the checkpoint -> the results dict (main writes it to `output`)."""
+    if not (args.test_fullshot or args.test_100shot or args.test_50shot):
+        raise InputError('nothing to evaluate: pass at least one of --test_fullshot --test_100shot --test_50shot')
+    if args.probe_epochs < 1:
+        raise InputError(f'--probe_epochs must be at least 1, got {args.probe_epochs}')
+    checkpoint = read_checkpoint(args.checkpoint)
+    check_writable(output)
+    saved_args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
+    saved_args = saved_args if isinstance(saved_args, dict) else {}
+    # published checkpoints record no method: only the family follows from --prune
+    method = checkpoint.get('method', 'unknown') if isinstance(checkpoint, dict) else 'unknown'
+    train_split = args.trainSplit or saved_args.get('trainSplit') or DEFAULT_SPLIT
+    network = args.model or saved_args.get('model') or 'resnet18'
+
+    device = get_device(args.gpus)
+    set_seed(args.seed)
+    del checkpoint
+    # by path, so that its errors name the file (it reads the file again: well under a second)
+    model = load_pretrained(build_model(args.prune, network, NUM_CLASSES), args.checkpoint).to(device)
+
+    # every split first, so that a missing one fails before the slow part
+    train_set = EvalCIFAR100(args.data_folder, train=True)
+    files = protocol_files(train_split)
+    index_sets = {}  # probe group -> list of index arrays into the CIFAR-100 train set
+    if args.test_fullshot:
+        index_sets['fullshot'] = [load_split(files['train'], len(train_set))]
+        class_counts = np.bincount(train_set.labels[load_split(train_split, len(train_set))],
+                                   minlength=NUM_CLASSES)
+    for shot, wanted in zip(SHOTS, (args.test_100shot, args.test_50shot)):
+        if wanted:
+            index_sets[f'{shot}shot'] = [load_split(f, len(train_set)) for f in files['shots'][shot]]
+
+    # one feature pass (issue 5.2): the union of every needed train index, and the test set
+    pool = np.unique(np.concatenate([s for sets in index_sets.values() for s in sets]))
+    test_set = EvalCIFAR100(args.data_folder, train=False)
+    print(f'extracting features of {len(pool)} train and {len(test_set)} test images on {device}', flush=True)
+    train_features, train_labels = extract_features(model, Subset(train_set, pool), device,
+                                                    num_workers=args.num_workers)
+    test_features, test_labels = extract_features(model, test_set, device, num_workers=args.num_workers)
+
+    results = {'method': method, 'model': 'SDCLR' if args.prune else 'SimCLR', 'network': network,
+               'checkpoint': os.path.abspath(args.checkpoint), 'split': train_split, 'seed': args.seed,
+               'probe_epochs': args.probe_epochs, 'fullshot': None, '100shot': None, '50shot': None}
+    for group, sets in index_sets.items():
+        print(f'training {len(sets)} {group} probe(s) for {args.probe_epochs} epochs', flush=True)
+        rows = [np.searchsorted(pool, s) for s in sets]  # positions of each subset in the feature pool
+        weight, bias = train_probes(train_features, train_labels, rows, NUM_CLASSES, args.probe_epochs, args.seed)
+        accuracies = probe_accuracy(weight, bias, test_features, test_labels, NUM_CLASSES)
+        if group == 'fullshot':
+            acc = accuracies[0]
+            results[group] = {'top1': acc['top1'], 'top5': acc['top5'],
+                              **group_accuracy(acc['per_class'], class_counts),
+                              'per_class': acc['per_class'].tolist()}
+        else:
+            top1 = [a['top1'] for a in accuracies]
+            mean, std = mean_std(top1)
+            results[group] = {'top1': top1, 'mean': mean, 'std': std,
+                              'top5': [a['top5'] for a in accuracies]}
+    return results
+
+
+def default_output(checkpoint):
+    return f'{os.path.splitext(checkpoint)[0]}_results.json'
+
+
+def check_writable(path):
+    """Fail before the slow part if the results file cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise InputError(f'cannot create the folder of {path} ({e}): pass a writable --output') from None
+    if not os.access(folder, os.W_OK):
+        raise InputError(f'cannot write results to {path} (folder not writable): pass a writable --output')
+
+
+def write_json(obj, path):
+    """Temp file beside `path`, then rename: a crash never leaves half a results file."""
+    tmp = f'{path}.tmp'
+    try:
+        with open(tmp, 'w') as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise InputError(f'cannot write results to {path} ({e}): pass a writable --output') from None
+
+
+def cell(values):
+    """'-' for nothing, 'x' for one value, 'mean ± std' for several."""
+    if not values:
+        return '-'
+    if len(values) == 1:
+        return f'{values[0]:.2f}'
+    mean, std = mean_std(values)
+    return f'{mean:.2f} ± {std:.2f}'
+
+
+def markdown_table(rows):
+    """rows: [(label, [7 cells])] -> design 7's table in markdown."""
+    lines = ['| method | ' + ' | '.join(COLUMNS) + ' |', '|---' * (len(COLUMNS) + 1) + '|']
+    return '\n'.join(lines + [f'| {label} | ' + ' | '.join(cells) + ' |' for label, cells in rows])
+
+
+def published_rows(methods):
+    return [(f'{m} (published)', [f'{v:.1f}' for v in PUBLISHED[m]] + ['-'] * 4) for m in methods]
+
+
+def candidate_methods(results):
+    """The published rows to compare with: the recorded method, else both of the model's family."""
+    if results['method'] in PUBLISHED:
+        return [results['method']]
+    return ['SDCLR', 'BCL-D'] if results['model'] == 'SDCLR' else ['SimCLR', 'BCL-I']
+
+
+def result_cells(results_list):
+    """The 7 cells of one method over several results files (the 100/50-shot value of a file is
+    its mean over the five subsets; a single file shows its subsets' mean ± std instead)."""
+    full = [r['fullshot'] for r in results_list if r['fullshot']]
+    cells = [cell([f['top1'] for f in full])]
+    for group in ('100shot', '50shot'):
+        shots = [r[group] for r in results_list if r[group]]
+        cells.append(cell(shots[0]['top1']) if len(results_list) == 1 and shots
+                     else cell([s['mean'] for s in shots]))
+    return cells + [cell([f[k] for f in full]) for k in ('many', 'medium', 'few', 'std')]
+
+
+def print_results(results):
+    full, label = results['fullshot'], results['method']
+    if label == 'unknown':
+        label = f'unknown ({results["model"]} family)'
+    print(f'\ncheckpoint {results["checkpoint"]}\nmethod {label}, split {results["split"]}, '
+          f'seed {results["seed"]}, probe epochs {results["probe_epochs"]}')
+    if full:
+        print(f'full-shot  top-1 {full["top1"]:6.2f}  top-5 {full["top5"]:6.2f}\n'
+              f'           Many {full["many"]:6.2f}  Medium {full["medium"]:6.2f}  Few {full["few"]:6.2f}  '
+              f'Std {full["std"]:6.2f}')
+    for group in ('100shot', '50shot'):
+        if results[group]:
+            r = results[group]
+            print(f'{group[:-4] + "-shot":<10} top-1 ' + ' '.join(f'{a:6.2f}' for a in r['top1'])
+                  + f'  mean {r["mean"]:.2f} ± {r["std"]:.2f}')
+    print('\n' + markdown_table([(f'{label} (this checkpoint)', result_cells([results]))]
+                                + published_rows(candidate_methods(results))))
+
+
+def read_results(path):
+    try:
+        with open(path) as f:
+            results = json.load(f)
+        if all(k in results for k in ('method', 'model', 'fullshot', '100shot', '50shot')):
+            return results
+    except (OSError, ValueError) as e:
+        raise InputError(f'cannot read results file {path} ({e}): pass files written by test.py') from None
+    raise InputError(f'{path} is not a test.py results file (no method/fullshot/100shot/50shot)')
+
+
+def print_table(paths):
+    """Design 7's table: one row per method (SimCLR, SDCLR, BCL-I, BCL-D, then others), cells
+    mean ± std over the method's files, then the published numbers."""
+    by_method = {}
+    for path in paths:
+        results = read_results(path)
+        label = results['method'] if results['method'] != 'unknown' else f'unknown ({results["model"]} family)'
+        by_method.setdefault(label, []).append(results)
+    order = sorted(by_method, key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS))
+    rows = [(m if len(by_method[m]) == 1 else f'{m} (n={len(by_method[m])})', result_cells(by_method[m]))
+            for m in order]
+    print(markdown_table(rows + published_rows([m for m in METHODS if m in by_method])))
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    try:
+        if args.table:
+            print_table(args.table)
+            return None
+        output = args.output or default_output(args.checkpoint)
+        results = evaluate(args, output)
+        print_results(results)
+        write_json(results, output)
+        print(f'\nresults written to {output}')
+        return results
+    except InputError as e:
+        fail(str(e))
+
+
+if __name__ == '__main__':
+    main()
