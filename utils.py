@@ -3,7 +3,6 @@ import math
 import os
 import random
 import sys
-import warnings
 
 import numpy as np
 import torch
@@ -81,7 +80,7 @@ def get_device(gpus='0'):
     """CUDA device `gpus` (first id of a comma list) when CUDA is present, else CPU with a warning."""
     if torch.cuda.is_available():
         return torch.device(f'cuda:{str(gpus).split(",")[0]}')
-    warnings.warn('CUDA is not available: running on CPU (slow).', stacklevel=2)
+    print('warning: CUDA is not available: running on CPU (slow)', file=sys.stderr)
     return torch.device('cpu')
 
 
