@@ -14,6 +14,7 @@ probe's gradient its own), and Adam is elementwise. So a separate run with the s
 gives the same accuracy (tests/test_eval.py checks it).
 """
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -28,24 +29,42 @@ PROBE_BATCH = 1000
 LR_START, LR_END, WEIGHT_DECAY = 1e-2, 1e-6, 5e-6
 
 
-def extract_features(model, dataset, device, batch_size=512, num_workers=0):
+def extract_features(model, dataset, device, batch_size=512, num_workers=0, amp='none',
+                     channels_last=False):
     """(features float32 [N, d], labels int64 [N]) of `dataset`, both on `device`, in dataset order.
 
     Design 6: eval mode, no gradient, `model.features` (the dense branch for SDCLR). The
-    model's train/eval mode is restored afterwards.
+    model's train/eval mode is restored afterwards. Speed (issue 6, opt-in): amp='bf16' runs
+    the network under bfloat16 autocast, the features are still returned as float32 (the
+    probes train in float32); channels_last feeds the images in channels-last memory format
+    (convert the model too: model.to(memory_format=torch.channels_last)).
     """
     cuda = device.type == 'cuda'
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=cuda)
     was_training = model.training
     model.eval()
     features, labels = [], []
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == 'bf16'):
         for images, targets in loader:
-            features.append(model.features(images.to(device, non_blocking=cuda)).float())
+            images = images.to(device, non_blocking=cuda).contiguous(memory_format=memory_format)
+            features.append(model.features(images).float())
             labels.append(targets.to(device, non_blocking=cuda))
     model.train(was_training)
     return torch.cat(features), torch.cat(labels).long()
+
+
+def compile_features(model):
+    """torch.compile `model.features` in place (what extract_features calls; nn.Module.compile
+    would compile only `forward`). The state dict is unchanged. Where compilation is
+    unavailable or fails, extraction runs eagerly with a warning."""
+    try:
+        import torch._dynamo
+        torch._dynamo.config.suppress_errors = True  # a failing graph falls back to eager
+        model.features = torch.compile(model.features)
+    except Exception as error:  # e.g. no compiler toolchain on the machine
+        warnings.warn(f'--compile unavailable ({error}); extracting features eagerly')
 
 
 def _probe_logits(features, weight, bias):
@@ -133,18 +152,18 @@ def group_accuracy(per_class_acc, class_counts):
 
 
 def full_shot_eval(model, data_folder, train_split, device, probe_epochs=PROBE_EPOCHS, seed=0,
-                   num_workers=0):
+                   num_workers=0, amp='none', channels_last=False):
     """Full-shot probe of design 6 for `train_split` (a D_i name): trained on its family's train
     list, tested on the 10,000 test images. Returns {'top1', 'top5', 'per_class', 'many',
-    'medium', 'few', 'std'} (groups by the class counts of `train_split`)."""
+    'medium', 'few', 'std'} (groups by the class counts of `train_split`). `amp` and
+    `channels_last` act on the feature pass, as in extract_features."""
     train_set = EvalCIFAR100(data_folder, train=True)
     train_idx = load_split(protocol_files(train_split)['train'], len(train_set))
     class_counts = np.bincount(train_set.labels[load_split(train_split, len(train_set))],
                                minlength=NUM_CLASSES)
-    train_features, train_labels = extract_features(model, Subset(train_set, train_idx), device,
-                                                    num_workers=num_workers)
-    test_features, test_labels = extract_features(model, EvalCIFAR100(data_folder, train=False), device,
-                                                  num_workers=num_workers)
+    speed = {'num_workers': num_workers, 'amp': amp, 'channels_last': channels_last}
+    train_features, train_labels = extract_features(model, Subset(train_set, train_idx), device, **speed)
+    test_features, test_labels = extract_features(model, EvalCIFAR100(data_folder, train=False), device, **speed)
     result = linear_probe(train_features, train_labels, test_features, test_labels, NUM_CLASSES,
                           probe_epochs, seed)
     return {**result, **group_accuracy(result['per_class'], class_counts)}

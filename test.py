@@ -11,6 +11,10 @@ count trained together, eval_cifar.train_probes) reuse them. Prints a table and 
 row in design 7's layout next to the published numbers, and writes every number as JSON to
 --output (default: <checkpoint without extension>_results.json beside the checkpoint).
 
+Opt-in speed flags (issue 6) act on the feature pass only: `--amp bf16` (bfloat16 autocast;
+features, probe weights and logits stay float32), `--channels_last`, `--compile`. Without them
+the evaluation is the faithful float32 path.
+
     python test.py --table results/*.json
 
 prints design 7's table from several results files: one row per method, each cell the mean
@@ -25,7 +29,7 @@ import torch
 from torch.utils.data import Subset
 
 from data.cifar100 import NUM_CLASSES, EvalCIFAR100
-from eval_cifar import extract_features, group_accuracy, probe_accuracy, train_probes
+from eval_cifar import compile_features, extract_features, group_accuracy, probe_accuracy, train_probes
 from models import build_model, load_pretrained
 from split.resolve import load_split, protocol_files
 from utils import InputError, fail, get_device, set_seed
@@ -63,6 +67,12 @@ def get_parser():
     parser.add_argument('--output', default=None,
                         help='results JSON; default: <checkpoint without extension>_results.json')
     parser.add_argument('--probe_epochs', type=int, default=500, help='epochs of each linear probe')
+    # Speed (issue 6): opt-in; the defaults are the faithful float32 path.
+    parser.add_argument('--amp', default='none', choices=['none', 'bf16'],
+                        help='bf16 autocast for feature extraction (features and probes stay float32)')
+    parser.add_argument('--channels_last', action='store_true',
+                        help='channels-last memory format for feature extraction')
+    parser.add_argument('--compile', action='store_true', help='torch.compile the feature extractor')
     parser.add_argument('--table', nargs='+', metavar='RESULTS', default=None,
                         help='print the design 7 table from these results files and exit')
     return parser
@@ -105,12 +115,15 @@ def evaluate(args, output):
     set_seed(args.seed)
     del checkpoint
     # by path, so that its errors name the file (it reads the file again: well under a second)
-    model = load_pretrained(build_model(args.prune, network, NUM_CLASSES), args.checkpoint).to(device)
+    model = load_pretrained(build_model(args.prune, network, NUM_CLASSES), args.checkpoint)
+    model = model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
+    if args.compile:
+        compile_features(model)
 
     # every split first, so that a missing one fails before the slow part
     train_set = EvalCIFAR100(args.data_folder, train=True)
     files = protocol_files(train_split)
-    index_sets = {}  # probe group -> list of index arrays into the CIFAR-100 train set
+    index_sets, class_counts = {}, None  # probe group -> list of index arrays into the CIFAR-100 train set
     if args.test_fullshot:
         index_sets['fullshot'] = [load_split(files['train'], len(train_set))]
         class_counts = np.bincount(train_set.labels[load_split(train_split, len(train_set))],
@@ -123,17 +136,34 @@ def evaluate(args, output):
     pool = np.unique(np.concatenate([s for sets in index_sets.values() for s in sets]))
     test_set = EvalCIFAR100(args.data_folder, train=False)
     print(f'extracting features of {len(pool)} train and {len(test_set)} test images on {device}', flush=True)
+    speed = {'amp': args.amp, 'channels_last': args.channels_last}
     train_features, train_labels = extract_features(model, Subset(train_set, pool), device,
-                                                    num_workers=args.num_workers)
-    test_features, test_labels = extract_features(model, test_set, device, num_workers=args.num_workers)
+                                                    num_workers=args.num_workers, **speed)
+    test_features, test_labels = extract_features(model, test_set, device, num_workers=args.num_workers, **speed)
 
     results = {'method': method, 'model': 'SDCLR' if args.prune else 'SimCLR', 'network': network,
                'checkpoint': os.path.abspath(args.checkpoint), 'split': train_split, 'seed': args.seed,
-               'probe_epochs': args.probe_epochs, 'fullshot': None, '100shot': None, '50shot': None}
+               'probe_epochs': args.probe_epochs, 'amp': args.amp, 'fullshot': None, '100shot': None,
+               '50shot': None}
+    results.update(run_probes(train_features, train_labels, test_features, test_labels, pool, index_sets,
+                              args.probe_epochs, args.seed, class_counts))
+    return results
+
+
+def run_probes(train_features, train_labels, test_features, test_labels, pool, index_sets, probe_epochs, seed,
+               class_counts=None, verbose=True):
+    """Every probe group on the one feature pass -> {group: results}.
+
+    `pool`: the sorted train indices whose features are the rows of `train_features`;
+    `index_sets`: {group: [index arrays into the train set]}, each group's probes trained together
+    (eval_cifar.train_probes); `class_counts` (D_i) gives the full-shot Many/Medium/Few groups.
+    """
+    results = {}
     for group, sets in index_sets.items():
-        print(f'training {len(sets)} {group} probe(s) for {args.probe_epochs} epochs', flush=True)
+        if verbose:
+            print(f'training {len(sets)} {group} probe(s) for {probe_epochs} epochs', flush=True)
         rows = [np.searchsorted(pool, s) for s in sets]  # positions of each subset in the feature pool
-        weight, bias = train_probes(train_features, train_labels, rows, NUM_CLASSES, args.probe_epochs, args.seed)
+        weight, bias = train_probes(train_features, train_labels, rows, NUM_CLASSES, probe_epochs, seed)
         accuracies = probe_accuracy(weight, bias, test_features, test_labels, NUM_CLASSES)
         if group == 'fullshot':
             acc = accuracies[0]

@@ -173,10 +173,12 @@ def class_distribution(counts):
 
 def train_epoch(model, loader, optimizer, step_fn, momentum, epoch, args, lr_at, autocast,
                 device, memory_format):
-    """One pass over the data; returns the mean loss. Raises InputError on a non-finite loss."""
+    """One pass over the data; returns the mean per-sample loss. Raises InputError on a
+    non-finite loss."""
     model.train()
     steps = len(loader)
     step_losses = torch.zeros(steps, device=device)  # kept on device: no sync per step
+    loss_sum = torch.zeros((), device=device)
     first_step = (epoch - 1) * steps
     bar = tqdm(loader, desc=f'epoch {epoch}/{args.epochs}', leave=False, dynamic_ncols=True,
                disable=None)
@@ -194,12 +196,13 @@ def train_epoch(model, loader, optimizer, step_fn, momentum, epoch, args, lr_at,
         momentum.update(index, per_sample_loss, epoch)
         optimizer.step()
         step_losses[i] = per_sample_loss.mean()
+        loss_sum += per_sample_loss.sum()
         seen += len(index)
         if (i + 1) % args.print_freq == 0 or i + 1 == steps:
             check_finite(step_losses[:i + 1], epoch)
             bar.set_postfix(loss=f'{step_losses[i].item():.4f}', lr=f'{lr:.4g}',
                             img_s=f'{seen / (time.time() - start):.0f}')
-    return step_losses.mean().item()
+    return loss_sum.item() / seen
 
 
 def check_finite(step_losses, epoch):
@@ -231,6 +234,7 @@ def run(args, step_fn, before_epoch=None):
     else:
         dataset = TwoViewCIFAR100(args.data_folder, indices)
     cuda = device.type == 'cuda'
+    torch.backends.cudnn.benchmark = cuda  # as published: fastest kernels for the fixed shapes
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=False,
                         num_workers=args.num_workers, pin_memory=cuda,
                         persistent_workers=args.persistent_workers and args.num_workers > 0)
@@ -282,7 +286,8 @@ def run(args, step_fn, before_epoch=None):
         if epoch % args.eval_freq == 0:
             with torch.random.fork_rng(devices=[device.index or 0] if cuda else []):  # keep training's RNG
                 result = full_shot_eval(model, args.data_folder, args.trainSplit, device,
-                                        num_workers=args.num_workers)
+                                        num_workers=args.num_workers, amp=args.amp,
+                                        channels_last=args.channels_last)
             line += f' full-shot top1 {result["top1"]:.2f} top5 {result["top5"]:.2f}'
         state = {'epoch': epoch, 'state_dict': model.state_dict(), 'optim': optimizer.state_dict(),
                  'scheduler': {'step': epoch * steps_per_epoch, 'total_steps': total_steps},

@@ -1,0 +1,624 @@
+"""Speed of the whole pipeline (issue 6): training steps of the four methods, a full test.py
+evaluation, and the data loader's ceiling, on a synthetic CIFAR-100 of the real size.
+
+On a GPU (batch 512, all four methods, every fast-path flag, the published loop side by side).
+Under a 10-minute limit per command, split the methods over two runs:
+
+    python benchmarks/bench.py --baseline --output bench_gpu.json
+    python benchmarks/bench.py --baseline --methods SimCLR,BCL-I --output bench_gpu_simclr.json
+    python benchmarks/bench.py --baseline --methods SDCLR,BCL-D --output bench_gpu_sdclr.json
+
+On CPU (small settings: batch 4, 3 timed steps per epoch; about 3 minutes on 2 cores). bf16 and
+compile are left out of the CPU default: without native bf16 (AVX2 only) bf16 convolutions
+run ~20x slower than float32, and inductor needs ~90 s per ResNet-18 graph on 2 cores; the
+second command measures them for one method:
+
+    python benchmarks/bench.py --baseline --output bench_cpu.json
+    python benchmarks/bench.py --methods SimCLR --configs default,bf16,compile,all --output bench_cpu_flags.json
+
+Smallest setting (the CI smoke test: tiny data, the four methods with the baseline and the
+default configuration, batch 4, one step per epoch; about 30 s on 2 cores; asserts that every
+number is finite and positive and exits non-zero otherwise):
+
+    python benchmarks/bench.py --smoke
+
+What is timed:
+- Training: the real loop, train.train_epoch with train.simclr_step / train_sdclr.sdclr_step,
+  train.MomentumLoss, SGD, TwoViewCIFAR100 / MemoBoostedCIFAR100 and train.run's DataLoader
+  settings, on the real-size D_i (9,754 images). Each epoch is `--steps` full batches of a
+  fixed random subset of D_i (0: all of D_i), so that every epoch starts and ends like a real
+  one (workers started, or reused when persistent). Momentum state and BCL weights start at a
+  steady state (losses uniform in [4, 6], so weights spread over [0, 1]); at each epoch end the
+  BCL weights are recomputed with the real update_momentum_weight from that fixed loss vector,
+  so the augmentation cost stays at steady state. `--warmup_epochs` are run untimed first
+  (compilation, cuDNN and allocator warm-up). A step lasts from its batch in hand to the next
+  batch in hand (waiting for data included); the median step of the timed epochs gives the
+  steady-state step time and images/s; data wait = the share of the time from the first batch
+  to the end of the last step spent waiting for the loader. Everything else of an epoch (prune
+  mask, worker start, first batch, slower steps right after a fork, BCL update) is the
+  per-epoch overhead. Time per epoch = overhead + ceil(9,754 / batch) steady steps, and 2000
+  epochs = 2000 x that: both EXTRAPOLATED from the timed steps (evaluation not included).
+- Evaluation: test.py's path (one feature pass over the train pool and the 10,000 test images,
+  then test.run_probes: the full-shot probe and the 100/50-shot probes stacked) for each model
+  family. With `--eval_images N` the feature pass is timed on N images and scaled to the real
+  image counts, and with `--probe_epochs E` < 500 the probes are timed for E epochs and
+  scaled to 500: both EXTRAPOLATED (labelled in the table).
+- Baseline (`--baseline`): the loop the way the published code runs it: a Python loop over the
+  batch for the momentum update (one element at a time, reading each value, plus the
+  epochs x N history buffer and a host sync per step to log the loss), DataLoader workers
+  re-created every epoch, float32, eager, cudnn.benchmark on (as published); in evaluation,
+  the features re-extracted for each of the 11 probes, each probe trained alone. Every
+  speed-up is a ratio to the baseline measured in the same run (to `default`, our faithful
+  float32 path, without --baseline).
+- Loader ceiling: images/s of the augmentation pipelines alone (base SimCLR two views, BCL
+  k=1 and k=2 with weights uniform in [0, 1]) through a DataLoader with 1 worker, with
+  `--num_workers` and with all cores, no network.
+
+Configurations: default (train.py as it runs without flags), bf16 (--amp bf16), channels_last,
+compile, persistent (--persistent_workers) and all (every flag). cudnn.benchmark is on in every
+CUDA configuration, as in train.py and in the published code.
+"""
+import argparse
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch._dynamo
+from torch.utils.data import DataLoader, Subset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import train  # noqa: E402
+import train_sdclr  # noqa: E402
+from data.cifar100 import EvalCIFAR100, TwoViewCIFAR100, load_cifar100  # noqa: E402
+from data.memoboosted_cifar100 import MemoBoostedCIFAR100  # noqa: E402
+from data.synthetic import write_synthetic_cifar100  # noqa: E402
+from eval_cifar import PROBE_EPOCHS, compile_features, extract_features, linear_probe  # noqa: E402
+from models import build_model  # noqa: E402
+from split.generate import generate_splits, write_splits  # noqa: E402
+from split.resolve import load_split, protocol_files  # noqa: E402
+from utils import cosine_annealing, set_seed  # noqa: E402
+
+# test.py by path: `import test` could find Python's own test package
+_spec = importlib.util.spec_from_file_location('bcl_test_script', os.path.join(ROOT, 'test.py'))
+test_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(test_script)
+
+CACHE = os.path.join(tempfile.gettempdir(), 'bcl_bench')
+EPOCHS = 2000  # the published runs (design 7)
+EVAL_FREQ = train.get_parser(False).get_default('eval_freq')  # train.py's in-training full-shot probe
+METHODS = {  # design 7's commands
+    'SimCLR': dict(sdclr=False, bcl=False, rand_k=1),
+    'BCL-I': dict(sdclr=False, bcl=True, rand_k=1),
+    'SDCLR': dict(sdclr=True, bcl=False, rand_k=1),
+    'BCL-D': dict(sdclr=True, bcl=True, rand_k=2),
+}
+CONFIGS = {
+    'baseline': dict(published=True),
+    'default': dict(),
+    'bf16': dict(amp='bf16'),
+    'channels_last': dict(channels_last=True),
+    'compile': dict(compile=True),
+    'persistent': dict(persistent=True),
+    'all': dict(amp='bf16', channels_last=True, compile=True, persistent=True),
+}
+PIPELINES = {'SimCLR': 'base', 'SDCLR': 'base', 'BCL-I': 'BCL k=1', 'BCL-D': 'BCL k=2'}
+
+
+def get_parser():
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description='Speed benchmark of training, evaluation and data loading.')
+    parser.add_argument('--data_folder', default='',
+                        help='CIFAR-100 folder to use (default: a synthetic one of the real size, cached in '
+                             f'{CACHE})')
+    parser.add_argument('--methods', default=','.join(METHODS), help='comma list of ' + ', '.join(METHODS))
+    parser.add_argument('--configs', default=None,
+                        help='comma list of ' + ', '.join(c for c in CONFIGS if c != 'baseline')
+                             + ' (default CUDA: all of them; CPU: default,channels_last,persistent)')
+    parser.add_argument('--baseline', action='store_true', help='also time the published loop; ratios against it')
+    parser.add_argument('--batch_size', type=int, default=512 if cuda else 4)
+    parser.add_argument('--steps', type=int, default=10 if cuda else 3,
+                        help='steps per timed epoch (0: a whole D_i epoch)')
+    parser.add_argument('--epochs', type=int, default=2, help='timed epochs per configuration')
+    parser.add_argument('--warmup_epochs', type=int, default=1, help='untimed epochs first')
+    parser.add_argument('--num_workers', type=int, default=8 if cuda else os.cpu_count(),
+                        help='training and feature-extraction loader workers (train.py/test.py default: 8)')
+    parser.add_argument('--eval_images', type=int, default=0 if cuda else 16,
+                        help='time the feature pass on this many images and scale (0: the real counts)')
+    parser.add_argument('--probe_epochs', type=int, default=PROBE_EPOCHS if cuda else 2,
+                        help=f'probe epochs timed (scaled to {PROBE_EPOCHS})')
+    parser.add_argument('--loader_images', type=int, default=0 if cuda else 256,
+                        help='images per loader-ceiling measurement (0: all of D_i)')
+    parser.add_argument('--loader_workers', default=None,
+                        help='comma list of worker counts (default: 1, --num_workers, the core count)')
+    parser.add_argument('--parts', default='train,eval,loader', help='comma list of train, eval, loader')
+    parser.add_argument('--smoke', action='store_true',
+                        help='smallest setting (CI): tiny data, batch 4, 1 step, checks the output')
+    parser.add_argument('--output', default=None, help=f'JSON results (default: {CACHE}/bench_<device>.json)')
+    return parser
+
+
+def smoke_settings(args):
+    args.batch_size, args.steps, args.epochs, args.warmup_epochs = 4, 1, 1, 1
+    args.num_workers, args.eval_images, args.probe_epochs, args.loader_images = 1, 4, 1, 16
+    args.loader_workers = args.loader_workers or '1'
+    args.configs = args.configs or 'default'
+    args.baseline = True
+
+
+# ----------------------------------------------------------------------------- data
+
+def prepare_data(args):
+    """The data folder (a synthetic one is written once and reused) and a split family generated
+    from its labels with split.generate's protocol, written under the cache. Real size: 50,000
+    train / 10,000 test, D_i 9,754; --smoke: 2,000 / 1,000 with a small family."""
+    if args.smoke:
+        per_class, split_args = (20, 10), dict(val_per_class=2, train_per_class=16, imbalance_ratio=10,
+                                               shot_sizes=(8, 4))
+    else:
+        per_class, split_args = (500, 100), {}  # the real protocol (design 1.1)
+    folder = args.data_folder or os.path.join(CACHE, f'cifar100_synthetic_{per_class[0]}x{per_class[1]}')
+    if not args.data_folder and not os.path.isfile(os.path.join(folder, 'cifar-100-python', 'test')):
+        print(f'writing a synthetic CIFAR-100 ({100 * per_class[0]:,} train, {100 * per_class[1]:,} test) '
+              f'to {folder}', flush=True)
+        write_synthetic_cifar100(folder + '.tmp', *per_class)
+        os.replace(folder + '.tmp', folder)
+    _, labels = load_cifar100(folder, train=True)
+    split_root = os.path.join(CACHE, 'split')
+    family = 'bench_' + hashlib.sha1(labels.tobytes() + repr(split_args).encode()).hexdigest()[:10]
+    write_splits(generate_splits(labels, **split_args), split_root, family)
+    d_i_name = f'{family}/cifar100_imbSub_with_subsets/cifar100_split1_D_i.npy'
+    files = protocol_files(d_i_name)
+    index_sets = {'fullshot': [load_split(files['train'], len(labels), split_root)],
+                  '100shot': [load_split(f, len(labels), split_root) for f in files['shots'][100]],
+                  '50shot': [load_split(f, len(labels), split_root) for f in files['shots'][50]]}
+    d_i = load_split(d_i_name, len(labels), split_root)
+    # steady-state momentum losses: uniform in [4, 6], so the BCL weights spread over [0, 1]
+    steady_loss = 4 + 2 * torch.rand(len(d_i), generator=torch.Generator().manual_seed(0))
+    return argparse.Namespace(folder=folder, d_i=d_i, labels=labels, index_sets=index_sets,
+                              test_labels=load_cifar100(folder, train=False)[1],
+                              class_counts=np.bincount(labels[d_i], minlength=100), steady_loss=steady_loss)
+
+
+def two_view_dataset(data, pipeline):
+    if pipeline == 'base':
+        return TwoViewCIFAR100(data.folder, data.d_i)
+    dataset = MemoBoostedCIFAR100(data.folder, data.d_i, rand_k=int(pipeline[-1]))
+    dataset.update_momentum_weight(data.steady_loss)  # the real update, weights over [0, 1]
+    return dataset
+
+
+# ----------------------------------------------------------------------------- timing helpers
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def set_cudnn_benchmark(flags, device):
+    torch.backends.cudnn.benchmark = device.type == 'cuda'  # as train.py and the published code
+
+
+def peak_memory_mb(device):
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+class TimedLoader:
+    """Wraps a DataLoader for train.train_epoch: records, per epoch, when the loop asked for each
+    batch, when it got it, and how many images it held."""
+
+    def __init__(self, loader):
+        self.loader, self.epochs = loader, []
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        record = {'asked': [], 'got': [], 'images': []}
+        self.epochs.append(record)
+        iterator = iter(self.loader)  # non-persistent workers start here
+        while True:
+            record['asked'].append(time.perf_counter())
+            try:
+                batch = next(iterator)  # the last call also shuts non-persistent workers down
+            except StopIteration:
+                return
+            record['got'].append(time.perf_counter())
+            record['images'].append(len(batch[1]))
+            yield batch
+
+
+class PublishedMomentumLoss(train.MomentumLoss):
+    """The published momentum update (BCL train.py), for --baseline: a Python loop over the batch
+    reading and writing one element at a time, into the O(N) shadow and the epochs x N history,
+    with the index on the host as the published loader gives it; then the per-step loss log
+    (`float(loss.mean())`, one host sync per step)."""
+
+    def __init__(self, num_samples, beta, device):
+        super().__init__(num_samples, beta, device)
+        self.history = torch.zeros(EPOCHS, num_samples, device=device)
+
+    def update(self, index, per_sample_loss, epoch):
+        loss, index = per_sample_loss.detach(), index.cpu()
+        for count in range(len(index)):
+            if epoch > 1:
+                new = (1 - self.beta) * loss[count].clone() + self.beta * self.value[index[count]]
+            else:
+                new = loss[count].clone()
+            self.value[index[count]] = new
+            self.history[epoch - 1, index[count]] = new
+        float(loss.mean())
+
+
+# ----------------------------------------------------------------------------- training
+
+def bench_training(method, config, data, args, device):
+    """Steady-state numbers of one method under one configuration (see the module docstring)."""
+    spec, flags = METHODS[method], CONFIGS[config]
+    argv = ['bench', '--batch_size', str(args.batch_size), '--rand_k', str(spec['rand_k'])]
+    targs = train.get_parser(spec['sdclr']).parse_args(argv + (['--bcl'] if spec['bcl'] else []))
+    set_seed(0)
+    set_cudnn_benchmark(flags, device)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    if flags.get('compile'):
+        torch._dynamo.reset()  # a fresh cache: no recompile limit carried over from other models
+
+    dataset = two_view_dataset(data, 'base' if not spec['bcl'] else f'BCL k={spec["rand_k"]}')
+    if args.steps:  # a fixed random subset of whole batches, so that an epoch is `steps` steps
+        epoch_set = Subset(dataset, torch.randperm(len(dataset))[:args.steps * args.batch_size].tolist())
+    else:
+        epoch_set = dataset
+    persistent = flags.get('persistent', False) and args.num_workers > 0
+    loader = TimedLoader(DataLoader(epoch_set, batch_size=args.batch_size, shuffle=True, drop_last=False,
+                                    num_workers=args.num_workers, pin_memory=device.type == 'cuda',
+                                    persistent_workers=persistent))  # as train.run
+    steps = len(loader)
+    targs.print_freq = steps  # one loss check per epoch, as at batch 512 (20 steps, --print_freq 20)
+
+    memory_format = torch.channels_last if flags.get('channels_last') else torch.contiguous_format
+    model = build_model(prune=spec['sdclr'], network=targs.model).to(device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=targs.lr, momentum=0.9, weight_decay=targs.weight_decay)
+    momentum = (PublishedMomentumLoss if flags.get('published') else train.MomentumLoss)(
+        len(dataset), targs.momentum_loss_beta, device)
+    momentum.value.copy_(data.steady_loss)
+    amp = flags.get('amp') == 'bf16'
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)  # noqa: E731 (as train.run)
+    if flags.get('compile'):
+        train.compile_model(model)
+    step_fn = train_sdclr.sdclr_step if spec['sdclr'] else train.simclr_step
+    real_steps = math.ceil(len(dataset) / args.batch_size)  # steps of a real epoch
+
+    def lr_at(step):  # train.run's schedule over a real run
+        return targs.lr * cosine_annealing(step, EPOCHS * real_steps, 1, 1e-6 / targs.lr,
+                                           warmup_steps=train.WARMUP_EPOCHS * real_steps)
+
+    epoch_times = []
+    for e in range(args.warmup_epochs + args.epochs):
+        epoch = 2 + e  # past epoch 1: the momentum update blends, as in steady state (design 2)
+        start = time.perf_counter()
+        if spec['sdclr']:
+            train_sdclr.prune_before_epoch(model, epoch, targs)
+        train.train_epoch(model, loader, optimizer, step_fn, momentum, epoch, targs, lr_at, autocast, device,
+                          memory_format)
+        if spec['bcl']:  # as train.run, from the fixed steady-state losses (module docstring)
+            dataset.update_momentum_weight(data.steady_loss)
+        sync(device)
+        epoch_times.append(time.perf_counter() - start)
+    del loader.loader  # persistent workers end here
+
+    durations, window, wait, images = [], 0.0, 0.0, 0
+    for record in loader.epochs[args.warmup_epochs:]:
+        # step k: from batch k in hand to batch k + 1 in hand (the last: to the end of its step)
+        ends = record['got'][1:] + record['asked'][-1:]
+        durations += [end - got for got, end in zip(record['got'], ends)]
+        window += ends[-1] - record['got'][0]
+        wait += sum(got - asked for asked, got in zip(record['asked'][1:], record['got'][1:]))
+        images += sum(record['images'])
+    # the median step is the steady state; slower steps right after the workers start (page
+    # faults after fork, workers competing for cores) count in the per-epoch overhead
+    step_s = float(np.median(durations))
+    overhead_s = max(0.0, float(np.mean(epoch_times[args.warmup_epochs:])) - steps * step_s)  # < 0: noise
+    epoch_s = overhead_s + real_steps * step_s
+    return {'method': method, 'config': config, 'batch_size': args.batch_size, 'timed_steps': len(durations),
+            'images_per_s': args.batch_size / step_s, 'step_s': step_s, 'data_wait_share': wait / window,
+            'network_images_per_s': images / (window - wait), 'epoch_overhead_s': overhead_s,
+            'steps_per_epoch': real_steps, 'epoch_s_extrapolated': epoch_s,
+            'hours_2000_epochs_extrapolated': EPOCHS * epoch_s / 3600,
+            'warmup_s': sum(epoch_times[:args.warmup_epochs]), 'peak_memory_mb': peak_memory_mb(device),
+            'final_loss': float(momentum.value.mean())}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def timed(fn, device):
+    sync(device)
+    start = time.perf_counter()
+    result = fn()
+    sync(device)
+    return time.perf_counter() - start, result
+
+
+def bench_probes(data, args, device):
+    """Seconds of the probes, test.py's stacked groups and the published one-probe-at-a-time,
+    on features of the real shape (the values do not change the time), scaled to 500 epochs."""
+    pool = np.unique(np.concatenate([s for sets in data.index_sets.values() for s in sets]))
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(len(pool), 512, generator=generator).to(device)
+    labels = torch.as_tensor(data.labels[pool]).to(device)
+    test_labels = torch.from_numpy(np.array(data.test_labels)).to(device)
+    test_features = torch.randn(len(test_labels), 512, generator=generator).to(device)
+    linear_probe(features[:1000], labels[:1000], test_features, test_labels, epochs=1)  # warm-up
+    scale = PROBE_EPOCHS / args.probe_epochs
+    stacked, _ = timed(lambda: test_script.run_probes(features, labels, test_features, test_labels, pool,
+                                                      data.index_sets, args.probe_epochs, 0, data.class_counts,
+                                                      verbose=False), device)
+    alone = {}  # group -> seconds of its probes trained one at a time
+    for group, sets in data.index_sets.items():
+        for subset in sets:
+            rows = torch.as_tensor(np.searchsorted(pool, subset), device=device)
+            alone[group] = alone.get(group, 0.0) + scale * timed(lambda: linear_probe(
+                features[rows], labels[rows], test_features, test_labels, epochs=args.probe_epochs), device)[0]
+    return {'stacked_s': stacked * scale, 'alone_s': sum(alone.values()), 'fullshot_alone_s': alone['fullshot'],
+            'epochs_timed': args.probe_epochs, 'extrapolated': scale != 1}
+
+
+def bench_eval(prune, config, probes, data, args, device):
+    """Seconds of a full test.py evaluation of one model family under one configuration."""
+    flags = CONFIGS[config]
+    memory_format = torch.channels_last if flags.get('channels_last') else torch.contiguous_format
+    model = build_model(prune=prune).to(device, memory_format=memory_format)
+    set_cudnn_benchmark(flags, device)
+    if flags.get('compile'):
+        torch._dynamo.reset()
+        compile_features(model)
+    train_set, test_set = EvalCIFAR100(data.folder, train=True), EvalCIFAR100(data.folder, train=False)
+    speed = dict(amp=flags.get('amp', 'none'), channels_last=flags.get('channels_last', False))
+
+    def extract(dataset):
+        return extract_features(model, dataset, device, num_workers=args.num_workers, **speed)
+    n = args.eval_images or 1024  # warm-up on the timed batch size (compilation, cuDNN)
+    warmup_s, _ = timed(lambda: extract(Subset(test_set, range(min(n, len(test_set))))), device)
+    per_image = None
+    if args.eval_images:
+        per_image = timed(lambda: extract(Subset(test_set, range(args.eval_images))), device)[0] / args.eval_images
+
+    def seconds(dataset):  # measured, or scaled from the per-image time
+        return per_image * len(dataset) if per_image else timed(lambda: extract(dataset), device)[0]
+    if flags.get('published'):  # every probe extracts its own train subset and the test set again
+        sets = [s for group in data.index_sets.values() for s in group]
+        features_s = sum(seconds(Subset(train_set, s)) + seconds(test_set) for s in sets)
+        probes_s, passes = probes['alone_s'], len(sets)
+    else:  # test.py: one pass over the union of the train subsets, one over the test set
+        pool = np.unique(np.concatenate([s for group in data.index_sets.values() for s in group]))
+        features_s = seconds(Subset(train_set, pool)) + seconds(test_set)
+        probes_s, passes = probes['stacked_s'], 1
+    result = {'family': 'SDCLR' if prune else 'SimCLR', 'config': config, 'feature_passes': passes,
+              'warmup_s': warmup_s, 'features_s': features_s, 'probes_s': probes_s,
+              'total_s': warmup_s + features_s + probes_s, 'features_extrapolated': bool(per_image),
+              'probes_extrapolated': probes['extrapolated']}
+    if config == 'default':  # train.py's full_shot_eval: train list + test set, one probe, float32 eager
+        train_list = Subset(train_set, data.index_sets['fullshot'][0])
+        result['in_training_eval_s'] = seconds(train_list) + seconds(test_set) + probes['fullshot_alone_s']
+    return result
+
+
+# ----------------------------------------------------------------------------- loader ceiling
+
+def bench_loader(pipeline, workers, data, args, device):
+    """Images/s (each image = 2 views) of an augmentation pipeline alone through a DataLoader."""
+    dataset = two_view_dataset(data, pipeline)
+    count = min(args.loader_images or len(dataset), len(dataset))
+    subset = Subset(dataset, torch.randperm(len(dataset))[:count].tolist())
+    loader = DataLoader(subset, batch_size=args.batch_size, shuffle=True, num_workers=workers,
+                        pin_memory=device.type == 'cuda')
+    iterator, seen = iter(loader), 0
+    next(iterator)  # workers started and running
+    start = time.perf_counter()
+    for views, index in iterator:
+        seen += len(index)
+    return {'pipeline': pipeline, 'workers': workers, 'images': seen,
+            'images_per_s': seen / (time.perf_counter() - start)}
+
+
+# ----------------------------------------------------------------------------- report
+
+def reference_row(rows, row, key, reference):
+    """The row of the same method (or family) in the reference configuration."""
+    return next((r for r in rows if r[key] == row[key] and r['config'] == reference), None)
+
+
+def ratio(value, reference):
+    return f'{value / reference:.2f}x' if reference else '-'
+
+
+def print_training(rows, s, reference, cuda):
+    memory = 'torch.cuda.max_memory_allocated' if cuda else 'process RSS high-water (CPU, cumulative over the run)'
+    print(f'\nTraining, steady state: {s["warmup_epochs"]} warm-up epoch(s), then {s["epochs"]} timed epoch(s) of '
+          f'{s["steps"] or "all"} step(s); epoch and 2000-epoch times EXTRAPOLATED to '
+          f'{rows[0]["steps_per_epoch"]} steps/epoch + the measured per-epoch overhead; speed-ups: ratios to '
+          f'{reference} of the same method, of images/s and of the epoch time; peak memory: {memory}')
+    print('| method | config | img/s | speed-up img/s | step ms | data wait | overhead s/epoch | '
+          'epoch s (extrap.) | speed-up epoch | 2000 ep h (extrap.) | peak MB |')
+    print('|---' * 11 + '|')
+    for r in rows:
+        ref = reference_row(rows, r, 'method', reference)
+        print(f'| {r["method"]} | {r["config"]} | {r["images_per_s"]:,.1f} | '
+              f'{ratio(r["images_per_s"], ref and ref["images_per_s"])} | {1000 * r["step_s"]:,.0f} | '
+              f'{100 * r["data_wait_share"]:.0f}% | {r["epoch_overhead_s"]:,.2f} | '
+              f'{r["epoch_s_extrapolated"]:,.1f} | '
+              f'{ratio(ref["epoch_s_extrapolated"], r["epoch_s_extrapolated"]) if ref else "-"} | '
+              f'{r["hours_2000_epochs_extrapolated"]:,.1f} | {r["peak_memory_mb"]:,.0f} |')
+
+
+def print_eval(rows, s, reference):
+    features = (f'EXTRAPOLATED from {s["eval_images"]} images per config' if rows[0]['features_extrapolated']
+                else 'measured at the real counts')
+    probes = (f'EXTRAPOLATED from {s["probe_epochs"]} to 500 epochs' if rows[0]['probes_extrapolated']
+              else 'measured at 500 epochs')
+    print(f'\nEvaluation (test.py: feature pass + 11 probes); features {features}, probes {probes}; '
+          f'speed-up = total-time ratio to {reference}')
+    print('| family | config | feature passes | warm-up s | features s | probes s | total s | speed-up |')
+    print('|---|---|---|---|---|---|---|---|')
+    for r in rows:
+        ref = reference_row(rows, r, 'family', reference)
+        print(f'| {r["family"]} | {r["config"]} | {r["feature_passes"]} | {r["warmup_s"]:,.1f} | '
+              f'{r["features_s"]:,.1f} | {r["probes_s"]:,.1f} | {r["total_s"]:,.1f} | '
+              f'{ratio(ref["total_s"], r["total_s"]) if ref else "-"} |')
+    for r in rows:
+        if 'in_training_eval_s' in r:
+            count = EPOCHS // EVAL_FREQ
+            hours = count * r['in_training_eval_s'] / 3600
+            print(f'{r["family"]}: train.py\'s full-shot evaluation every --eval_freq {EVAL_FREQ} epochs '
+                  f'(float32): {r["in_training_eval_s"]:,.1f} s each, x {count} = {hours:,.1f} h '
+                  f'over 2000 epochs (not in the training times above)')
+
+
+def print_loader(rows):
+    workers = sorted({r['workers'] for r in rows})
+    print('\nData loader ceiling: images/s (each 2 views) of the augmentation pipeline alone, no network')
+    print('| pipeline | ' + ' | '.join(f'{w} worker(s)' for w in workers) + ' |')
+    print('|---' * (len(workers) + 1) + '|')
+    for pipeline in dict.fromkeys(r['pipeline'] for r in rows):
+        rates = {r['workers']: r['images_per_s'] for r in rows if r['pipeline'] == pipeline}
+        print(f'| {pipeline} | ' + ' | '.join(f'{rates[w]:,.0f}' for w in workers) + ' |')
+
+
+def print_report(results):
+    s = results['settings']
+    print(f'\n## {results["device"]}, torch {results["torch"]}; batch {s["batch_size"]}, '
+          f'{s["num_workers"]} loader workers, D_i {s["d_i_images"]:,} images')
+    reference = 'baseline' if s['baseline'] else 'default'
+    if results['training']:
+        print_training(results['training'], s, reference, results['device_type'] == 'cuda')
+    if results['eval']:
+        print_eval(results['eval'], s, reference)
+    if results['loader']:
+        print_loader(results['loader'])
+    for line in results['bound']:
+        print(line)
+
+
+def bound_lines(results):
+    """Per method: the fastest configuration's network rate (images/s without the data wait)
+    against the loader ceiling of its pipeline at each measured worker count."""
+    lines = []
+    for method in dict.fromkeys(r['method'] for r in results['training']):
+        best = max((r for r in results['training'] if r['method'] == method), key=lambda r: r['images_per_s'])
+        network = best['network_images_per_s']
+        ceilings = sorted((r['workers'], r['images_per_s']) for r in results['loader']
+                          if r['pipeline'] == PIPELINES[method])
+        if ceilings:
+            verdicts = ', '.join(f'{w} workers {c:,.0f} -> {"loader" if c < network else "network"}-bound'
+                                 for w, c in ceilings)
+            lines.append(f'{method}: network {network:,.0f} img/s ({best["config"]}); '
+                         f'loader ceiling at {verdicts}')
+    return lines
+
+
+def check_sane(results):
+    """The smoke test's checks: every number finite and positive where it must be."""
+    assert results['training'] or results['eval'] or results['loader'], 'nothing was measured'
+    for r in results['training']:
+        for key in ('images_per_s', 'step_s', 'network_images_per_s', 'epoch_s_extrapolated',
+                    'hours_2000_epochs_extrapolated', 'peak_memory_mb', 'final_loss'):
+            assert math.isfinite(r[key]) and r[key] > 0, (r['method'], r['config'], key, r[key])
+        assert 0 <= r['data_wait_share'] < 1, r
+        assert r['epoch_s_extrapolated'] >= r['steps_per_epoch'] * r['step_s'] * 0.5, r
+    for r in results['eval']:
+        for key in ('warmup_s', 'features_s', 'probes_s', 'total_s'):
+            assert math.isfinite(r[key]) and r[key] > 0, (r['family'], r['config'], key, r[key])
+        assert r['feature_passes'] == (11 if r['config'] == 'baseline' else 1), r
+    for r in results['loader']:
+        assert r['images'] > 0 and math.isfinite(r['images_per_s']) and r['images_per_s'] > 0, r
+
+
+def cpu_model():
+    if os.path.exists('/proc/cpuinfo'):
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    return platform.processor() or 'unknown'
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    if args.smoke:
+        smoke_settings(args)
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    methods = args.methods.split(',')
+    configs = (args.configs or ('default,bf16,channels_last,compile,persistent,all'
+                                if device.type == 'cuda'
+                                else 'default,channels_last,persistent')).split(',')
+    configs = (['baseline'] if args.baseline else []) + [c for c in configs if c != 'baseline']
+    parts = args.parts.split(',')
+    for name, chosen, known in (('method', methods, METHODS), ('config', configs, CONFIGS),
+                                ('part', parts, ('train', 'eval', 'loader'))):
+        unknown = [c for c in chosen if c not in known]
+        if unknown:
+            sys.exit(f'error: unknown {name} {", ".join(unknown)}: use {", ".join(known)}')
+    if device.type == 'cuda':
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f'CPU: {cpu_model()}, {os.cpu_count()} cores'
+    data = prepare_data(args)
+    results = {'device': name, 'device_type': device.type, 'torch': torch.__version__,
+               'training': [], 'eval': [], 'loader': [], 'bound': [],
+               'settings': {**vars(args), 'methods': methods, 'configs': configs, 'd_i_images': len(data.d_i)}}
+    print(f'{name}; D_i {len(data.d_i):,} images; methods {methods}; configs {configs}', flush=True)
+
+    if 'train' in parts:
+        for method in methods:
+            for config in configs:
+                r = bench_training(method, config, data, args, device)
+                results['training'].append(r)
+                print(f'train {method:6} {config:13} {r["images_per_s"]:9.1f} img/s  data wait '
+                      f'{100 * r["data_wait_share"]:3.0f}%  warm-up {r["warmup_s"]:.1f}s', flush=True)
+    if 'eval' in parts:
+        probes = bench_probes(data, args, device)
+        results['probes'] = probes
+        for prune in dict.fromkeys(METHODS[m]['sdclr'] for m in methods):
+            for config in configs:
+                if config == 'persistent':  # no effect on test.py (one pass per loader)
+                    continue
+                r = bench_eval(prune, config, probes, data, args, device)
+                results['eval'].append(r)
+                print(f'eval  {r["family"]:6} {config:13} {r["total_s"]:9.1f} s', flush=True)
+    if 'loader' in parts:
+        workers = (sorted({int(w) for w in args.loader_workers.split(',')}) if args.loader_workers
+                   else sorted({1, args.num_workers, os.cpu_count()}))
+        for pipeline in dict.fromkeys(PIPELINES[m] for m in methods):
+            for w in workers:
+                r = bench_loader(pipeline, w, data, args, device)
+                results['loader'].append(r)
+                print(f'loader {pipeline:8} {w:2} workers {r["images_per_s"]:9.1f} img/s', flush=True)
+    results['bound'] = bound_lines(results)
+    print_report(results)
+
+    output = args.output or os.path.join(CACHE, f'bench_{device.type}.json')
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, 'w') as f:
+        json.dump(results, f, indent=1)
+    print(f'\nresults written to {output}')
+    if args.smoke:
+        with open(output) as f:
+            check_sane(json.load(f))
+        print('smoke test passed')
+    return results
+
+
+if __name__ == '__main__':
+    main()
