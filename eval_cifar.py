@@ -14,30 +14,32 @@ probe's gradient its own), and Adam is elementwise. So a separate run with the s
 gives the same accuracy (tests/test_eval.py checks it).
 """
 import math
-import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
 
 from data.cifar100 import NUM_CLASSES, EvalCIFAR100
 from split.resolve import load_split, protocol_files
+from utils import InputError
 
 PROBE_EPOCHS = 500
 PROBE_BATCH = 1000
 LR_START, LR_END, WEIGHT_DECAY = 1e-2, 1e-6, 5e-6
+PERMUTATION_BLOCK = 2 ** 23  # indices drawn ahead per host-to-device copy (64 MB of int64 at most)
 
 
 def extract_features(model, dataset, device, batch_size=512, num_workers=0, amp='none',
-                     channels_last=False):
+                     channels_last=False, desc=None):
     """(features float32 [N, d], labels int64 [N]) of `dataset`, both on `device`, in dataset order.
 
     Design 6: eval mode, no gradient, `model.features` (the dense branch for SDCLR). The
     model's train/eval mode is restored afterwards. Speed (issue 6, opt-in): amp='bf16' runs
     the network under bfloat16 autocast, the features are still returned as float32 (the
     probes train in float32); channels_last feeds the images in channels-last memory format
-    (convert the model too: model.to(memory_format=torch.channels_last)).
+    (convert the model too: model.to(memory_format=torch.channels_last)). `desc`: a progress bar.
     """
     cuda = device.type == 'cuda'
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -47,24 +49,13 @@ def extract_features(model, dataset, device, batch_size=512, num_workers=0, amp=
     model.eval()
     features, labels = [], []
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == 'bf16'):
-        for images, targets in loader:
+        for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
+                                    disable=None if desc else True):
             images = images.to(device, non_blocking=cuda).contiguous(memory_format=memory_format)
             features.append(model.features(images).float())
             labels.append(targets.to(device, non_blocking=cuda))
     model.train(was_training)
     return torch.cat(features), torch.cat(labels).long()
-
-
-def compile_features(model):
-    """torch.compile `model.features` in place (what extract_features calls; nn.Module.compile
-    would compile only `forward`). The state dict is unchanged. Where compilation is
-    unavailable or fails, extraction runs eagerly with a warning."""
-    try:
-        import torch._dynamo
-        torch._dynamo.config.suppress_errors = True  # a failing graph falls back to eager
-        model.features = torch.compile(model.features)
-    except Exception as error:  # e.g. no compiler toolchain on the machine
-        warnings.warn(f'--compile unavailable ({error}); extracting features eagerly')
 
 
 def _probe_logits(features, weight, bias):
@@ -73,18 +64,19 @@ def _probe_logits(features, weight, bias):
         return torch.baddbmm(bias.unsqueeze(1), features.float(), weight)
 
 
-def train_probes(features, labels, index_sets, num_class, epochs=PROBE_EPOCHS, seed=0):
+def train_probes(features, labels, index_sets, num_class, epochs=PROBE_EPOCHS, seed=0, desc=None):
     """Train one linear probe per index set (rows of `features`), all at once.
 
-    Returns (weight [P, d, C], bias [P, C]). The index sets must have equal sizes. The
-    random draws (initial weights as nn.Linear draws them, one permutation per epoch) come
-    from one CPU generator seeded with `seed`, so they do not depend on the device; each
-    epoch's permutation is one small host-to-device copy.
+    Returns (weight [P, d, C], bias [P, C]). The index sets (numpy arrays or tensors on any
+    device) must have equal sizes. The random draws (initial weights as nn.Linear draws them, one
+    permutation per epoch) come from one CPU generator seeded with `seed`, so they do not depend
+    on the device; the permutations are drawn ahead in blocks of epochs and copied to the device
+    once per block, so the steps run without a host sync. `desc`: a progress bar over the epochs.
     """
     if len({len(s) for s in index_sets}) != 1:
         raise ValueError(f'probes trained together need index sets of one size, got {[len(s) for s in index_sets]}')
     device = features.device
-    index = torch.stack([torch.as_tensor(np.asarray(s), dtype=torch.long) for s in index_sets]).to(device)
+    index = torch.stack([torch.as_tensor(s, dtype=torch.long).to(device) for s in index_sets])
     num_probes, n = index.shape
     dim = features.shape[1]
     generator = torch.Generator().manual_seed(seed)
@@ -97,8 +89,12 @@ def train_probes(features, labels, index_sets, num_class, epochs=PROBE_EPOCHS, s
     optimizer = torch.optim.Adam([weight, bias], lr=LR_START, weight_decay=WEIGHT_DECAY)
     gamma = (LR_END / LR_START) ** (1 / epochs)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=generator).to(device)
+    block = max(1, PERMUTATION_BLOCK // n)  # epochs per host-to-device copy
+    for epoch in tqdm(range(epochs), desc=desc, leave=False, dynamic_ncols=True, disable=None if desc else True):
+        if epoch % block == 0:
+            perms = torch.stack([torch.randperm(n, generator=generator)
+                                 for _ in range(min(block, epochs - epoch))]).to(device)
+        perm = perms[epoch % block]
         for start in range(0, n, PROBE_BATCH):
             batch = index[:, perm[start:start + PROBE_BATCH]]  # [P, B] rows of `features`
             logits = _probe_logits(features[batch], weight, bias)
@@ -120,16 +116,17 @@ def probe_accuracy(weight, bias, features, labels, num_class):
         per_class = torch.zeros(len(weight), num_class, device=features.device)
         per_class.index_add_(1, labels, top1)
         per_class = per_class / torch.bincount(labels, minlength=num_class)  # nan for a class absent from test
-        top1, top5, per_class = (100 * top1.mean(1)).tolist(), (100 * top5.mean(1)).tolist(), \
-            (100 * per_class).double().cpu().numpy()
+        # one explicit copy to the host (a host value is needed: results are reported)
+        top1, top5 = (100 * torch.stack([top1.mean(1), top5.mean(1)])).cpu().tolist()
+        per_class = (100 * per_class).double().cpu().numpy()
     return [{'top1': a, 'top5': b, 'per_class': c} for a, b, c in zip(top1, top5, per_class)]
 
 
 def linear_probe(train_features, train_labels, test_features, test_labels, num_class=NUM_CLASSES,
-                 epochs=PROBE_EPOCHS, seed=0):
+                 epochs=PROBE_EPOCHS, seed=0, desc=None):
     """One probe on all training features: {'top1', 'top5', 'per_class'} on the test features."""
     rows = torch.arange(len(train_features), device=train_features.device)
-    weight, bias = train_probes(train_features, train_labels, [rows], num_class, epochs, seed)
+    weight, bias = train_probes(train_features, train_labels, [rows], num_class, epochs, seed, desc)
     return probe_accuracy(weight, bias, test_features, test_labels, num_class)[0]
 
 
@@ -151,19 +148,34 @@ def group_accuracy(per_class_acc, class_counts):
     return groups
 
 
-def full_shot_eval(model, data_folder, train_split, device, probe_epochs=PROBE_EPOCHS, seed=0,
-                   num_workers=0, amp='none', channels_last=False):
-    """Full-shot probe of design 6 for `train_split` (a D_i name): trained on its family's train
-    list, tested on the 10,000 test images. Returns {'top1', 'top5', 'per_class', 'many',
-    'medium', 'few', 'std'} (groups by the class counts of `train_split`). `amp` and
-    `channels_last` act on the feature pass, as in extract_features."""
-    train_set = EvalCIFAR100(data_folder, train=True)
-    train_idx = load_split(protocol_files(train_split)['train'], len(train_set))
-    class_counts = np.bincount(train_set.labels[load_split(train_split, len(train_set))],
-                               minlength=NUM_CLASSES)
+def prepare_full_shot(data_folder, train_split, disable_hint=None):
+    """Resolve and read everything the full-shot probe of `train_split` (a D_i name) needs, so
+    that a missing file fails before training: {'train_set' (its family's train list),
+    'test_set' (the 10,000 test images), 'class_counts' (of D_i, for Many/Medium/Few)}.
+    `disable_hint` (e.g. '--eval_freq 0') is added to errors: how to run without the probe."""
+    try:
+        train_set = EvalCIFAR100(data_folder, train=True)
+        train_idx = load_split(protocol_files(train_split)['train'], len(train_set))
+        class_counts = np.bincount(train_set.labels[load_split(train_split, len(train_set))],
+                                   minlength=NUM_CLASSES)
+        return {'train_set': Subset(train_set, train_idx), 'test_set': EvalCIFAR100(data_folder, train=False),
+                'class_counts': class_counts}
+    except InputError as error:
+        if disable_hint is None:
+            raise
+        raise InputError(f'{error} (needed by the in-training full-shot probe; {disable_hint} turns it off)') from None
+
+
+def full_shot_eval(model, probe_data, device, probe_epochs=PROBE_EPOCHS, seed=0, num_workers=0, amp='none',
+                   channels_last=False):
+    """Full-shot probe of design 6 on `probe_data` (prepare_full_shot): trained on the train list,
+    tested on the 10,000 test images. Returns {'top1', 'top5', 'per_class', 'many', 'medium',
+    'few', 'std'}. `amp` and `channels_last` act on the feature pass, as in extract_features."""
     speed = {'num_workers': num_workers, 'amp': amp, 'channels_last': channels_last}
-    train_features, train_labels = extract_features(model, Subset(train_set, train_idx), device, **speed)
-    test_features, test_labels = extract_features(model, EvalCIFAR100(data_folder, train=False), device, **speed)
+    train_features, train_labels = extract_features(model, probe_data['train_set'], device,
+                                                    desc='features (train list)', **speed)
+    test_features, test_labels = extract_features(model, probe_data['test_set'], device,
+                                                  desc='features (test set)', **speed)
     result = linear_probe(train_features, train_labels, test_features, test_labels, NUM_CLASSES,
-                          probe_epochs, seed)
-    return {**result, **group_accuracy(result['per_class'], class_counts)}
+                          probe_epochs, seed, desc='full-shot probe')
+    return {**result, **group_accuracy(result['per_class'], probe_data['class_counts'])}

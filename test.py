@@ -20,8 +20,8 @@ the evaluation is the faithful float32 path.
 prints design 7's table from several results files: one row per method, each cell the mean
 +- population std over the files of that method (e.g. the five splits).
 """
-import argparse
 import json
+import numbers
 import os
 
 import numpy as np
@@ -29,10 +29,11 @@ import torch
 from torch.utils.data import Subset
 
 from data.cifar100 import NUM_CLASSES, EvalCIFAR100
-from eval_cifar import compile_features, extract_features, group_accuracy, probe_accuracy, train_probes
+import checkpoint as checkpoint_files
+from eval_cifar import PROBE_EPOCHS, extract_features, group_accuracy, probe_accuracy, train_probes
 from models import build_model, load_pretrained
 from split.resolve import load_split, protocol_files
-from utils import InputError, fail, get_device, set_seed
+from utils import ArgumentParser, InputError, compile_model, fail, get_device, int_in, set_cudnn, set_seed
 
 DEFAULT_SPLIT = 'cifar100_imbSub_with_subsets/cifar100_split1_D_i.npy'
 METHODS = ('SimCLR', 'SDCLR', 'BCL-I', 'BCL-D')
@@ -40,10 +41,11 @@ PUBLISHED = {'SimCLR': (50.7, 46.3, 42.4), 'SDCLR': (55.0, 49.7, 45.6),  # desig
              'BCL-I': (55.7, 50.1, 45.8), 'BCL-D': (58.7, 52.6, 48.7)}
 SHOTS = (100, 50)
 COLUMNS = ('full-shot', '100-shot', '50-shot', 'Many', 'Medium', 'Few', 'Std')
+FULLSHOT_KEYS = ('top1', 'top5', 'many', 'medium', 'few', 'std')
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description='Linear-probe evaluation of a BCL/SDCLR checkpoint '
+    parser = ArgumentParser(description='Linear-probe evaluation of a BCL/SDCLR checkpoint '
                                                  '(design 6), or the paper table from results files.')
     parser.add_argument('--checkpoint', default='', help='checkpoint to evaluate (ours, or a published one)')
     parser.add_argument('--prune', action='store_true', help='the checkpoint holds an SDCLR model (SDCLR, BCL-D)')
@@ -55,9 +57,9 @@ def get_parser():
     parser.add_argument('--save_dir', default='', help='accepted as published, unused (see --output)')
     parser.add_argument('--model', default=None, choices=['resnet18', 'resnet50'],
                         help="network; default: the checkpoint's, else resnet18")
-    parser.add_argument('--seed', type=int, default=10, help='seed of the probes (init and batch order)')
-    parser.add_argument('--gpus', default='0', help='CUDA device id (first of a comma list); CPU without CUDA')
-    parser.add_argument('--num_workers', type=int, default=8, help='feature-extraction loader workers')
+    parser.add_argument('--seed', type=int_in(0), default=10, help='seed of the probes (init and batch order)')
+    parser.add_argument('--gpus', default='0', help="CUDA device id (first of a comma list), or 'cpu'")
+    parser.add_argument('--num_workers', type=int_in(0), default=8, help='feature-extraction loader workers')
     parser.add_argument('--prune_percent', type=float, default=0,
                         help='accepted for compatibility; no effect: evaluation uses the dense branch')
     parser.add_argument('--trainSplit', default=None,
@@ -66,13 +68,15 @@ def get_parser():
                              f'else {DEFAULT_SPLIT}')
     parser.add_argument('--output', default=None,
                         help='results JSON; default: <checkpoint without extension>_results.json')
-    parser.add_argument('--probe_epochs', type=int, default=500, help='epochs of each linear probe')
+    parser.add_argument('--probe_epochs', type=int_in(1), default=PROBE_EPOCHS, help='epochs of each linear probe')
     # Speed (issue 6): opt-in; the defaults are the faithful float32 path.
     parser.add_argument('--amp', default='none', choices=['none', 'bf16'],
                         help='bf16 autocast for feature extraction (features and probes stay float32)')
     parser.add_argument('--channels_last', action='store_true',
                         help='channels-last memory format for feature extraction')
     parser.add_argument('--compile', action='store_true', help='torch.compile the feature extractor')
+    parser.add_argument('--cudnn_benchmark', action='store_true',
+                        help='fastest cuDNN kernels, not bit-reproducible (default: deterministic, as published)')
     parser.add_argument('--table', nargs='+', metavar='RESULTS', default=None,
                         help='print the design 7 table from these results files and exit')
     return parser
@@ -81,14 +85,7 @@ def get_parser():
 def read_checkpoint(path):
     if not path:
         raise InputError('no checkpoint given: pass --checkpoint PATH')
-    if not os.path.isfile(path):
-        raise InputError(f'checkpoint {path} does not exist: check the path')
-    try:  # our checkpoints hold numpy RNG states, which weights_only=True rejects
-        return torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as e:  # any failure to unpickle means the file is not a checkpoint
-        reason = (str(e).splitlines() or [''])[0]
-        raise InputError(f'cannot read checkpoint {path} ({type(e).__name__}: {reason}): '
-                         'pass a file saved by train.py / train_sdclr.py or a published checkpoint') from None
+    return checkpoint_files.load(path)
 
 
 def mean_std(values):
@@ -100,8 +97,6 @@ def evaluate(args, output):
     """Every requested probe of the checkpoint -> the results dict (main writes it to `output`)."""
     if not (args.test_fullshot or args.test_100shot or args.test_50shot):
         raise InputError('nothing to evaluate: pass at least one of --test_fullshot --test_100shot --test_50shot')
-    if args.probe_epochs < 1:
-        raise InputError(f'--probe_epochs must be at least 1, got {args.probe_epochs}')
     checkpoint = read_checkpoint(args.checkpoint)
     check_writable(output)
     saved_args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
@@ -112,13 +107,14 @@ def evaluate(args, output):
     network = args.model or saved_args.get('model') or 'resnet18'
 
     device = get_device(args.gpus)
+    set_cudnn(device, args.cudnn_benchmark)
     set_seed(args.seed)
     del checkpoint
     # by path, so that its errors name the file (it reads the file again: well under a second)
     model = load_pretrained(build_model(args.prune, network, NUM_CLASSES), args.checkpoint)
     model = model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
     if args.compile:
-        compile_features(model)
+        compile_model(model, 'features')
 
     # every split first, so that a missing one fails before the slow part
     train_set = EvalCIFAR100(args.data_folder, train=True)
@@ -137,9 +133,10 @@ def evaluate(args, output):
     test_set = EvalCIFAR100(args.data_folder, train=False)
     print(f'extracting features of {len(pool)} train and {len(test_set)} test images on {device}', flush=True)
     speed = {'amp': args.amp, 'channels_last': args.channels_last}
-    train_features, train_labels = extract_features(model, Subset(train_set, pool), device,
-                                                    num_workers=args.num_workers, **speed)
-    test_features, test_labels = extract_features(model, test_set, device, num_workers=args.num_workers, **speed)
+    train_features, train_labels = extract_features(model, Subset(train_set, pool), device, num_workers=args.num_workers,
+                                                    desc='features (train)', **speed)
+    test_features, test_labels = extract_features(model, test_set, device, num_workers=args.num_workers,
+                                                  desc='features (test)', **speed)
 
     results = {'method': method, 'model': 'SDCLR' if args.prune else 'SimCLR', 'network': network,
                'checkpoint': os.path.abspath(args.checkpoint), 'split': train_split, 'seed': args.seed,
@@ -163,7 +160,8 @@ def run_probes(train_features, train_labels, test_features, test_labels, pool, i
         if verbose:
             print(f'training {len(sets)} {group} probe(s) for {probe_epochs} epochs', flush=True)
         rows = [np.searchsorted(pool, s) for s in sets]  # positions of each subset in the feature pool
-        weight, bias = train_probes(train_features, train_labels, rows, NUM_CLASSES, probe_epochs, seed)
+        weight, bias = train_probes(train_features, train_labels, rows, NUM_CLASSES, probe_epochs, seed,
+                                    desc=f'{group} probes' if verbose else None)
         accuracies = probe_accuracy(weight, bias, test_features, test_labels, NUM_CLASSES)
         if group == 'fullshot':
             acc = accuracies[0]
@@ -262,29 +260,61 @@ def print_results(results):
                                 + published_rows(candidate_methods(results))))
 
 
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _results_problem(results):
+    """What is wrong with a parsed results file (None if nothing): every field print_table reads."""
+    if not isinstance(results, dict):
+        return 'not a JSON object'
+    for key, kind in (('method', str), ('model', str), ('probe_epochs', int)):
+        if not isinstance(results.get(key), kind) or isinstance(results.get(key), bool):
+            return f'"{key}" must be a {kind.__name__}, got {results.get(key)!r}'
+    full = results.get('fullshot', 'missing')
+    if full is not None:
+        if not isinstance(full, dict) or not all(_is_number(full.get(k)) for k in FULLSHOT_KEYS):
+            return f'"fullshot" must be null or hold numbers {", ".join(FULLSHOT_KEYS)}'
+    for group in ('100shot', '50shot'):
+        shots = results.get(group, 'missing')
+        if shots is None:
+            continue
+        if (not isinstance(shots, dict) or not _is_number(shots.get('mean')) or not isinstance(shots.get('top1'), list)
+                or not shots['top1'] or not all(_is_number(v) for v in shots['top1'])):
+            return f'"{group}" must be null or hold "top1" (a list of numbers) and "mean" (a number)'
+    return None
+
+
 def read_results(path):
     try:
         with open(path) as f:
             results = json.load(f)
-        if all(k in results for k in ('method', 'model', 'fullshot', '100shot', '50shot')):
-            return results
     except (OSError, ValueError) as e:
         raise InputError(f'cannot read results file {path} ({e}): pass files written by test.py') from None
-    raise InputError(f'{path} is not a test.py results file (no method/fullshot/100shot/50shot)')
+    problem = _results_problem(results)
+    if problem:
+        raise InputError(f'{path} is not a test.py results file ({problem}): pass files written by test.py')
+    return results
 
 
 def print_table(paths):
-    """Design 7's table: one row per method (SimCLR, SDCLR, BCL-I, BCL-D, then others), cells
-    mean ± std over the method's files, then the published numbers."""
-    by_method = {}
+    """Design 7's table: one row per method and probe length (SimCLR, SDCLR, BCL-I, BCL-D, then
+    others; results of different --probe_epochs are never merged), cells mean ± std over the
+    files of a row, then the published numbers."""
+    rows_of = {}
     for path in paths:
         results = read_results(path)
         label = results['method'] if results['method'] != 'unknown' else f'unknown ({results["model"]} family)'
-        by_method.setdefault(label, []).append(results)
-    order = sorted(by_method, key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS))
-    rows = [(m if len(by_method[m]) == 1 else f'{m} (n={len(by_method[m])})', result_cells(by_method[m]))
-            for m in order]
-    print(markdown_table(rows + published_rows([m for m in METHODS if m in by_method])))
+        rows_of.setdefault((label, results['probe_epochs']), []).append(results)
+    order = sorted(rows_of, key=lambda key: (METHODS.index(key[0]) if key[0] in METHODS else len(METHODS), key[0],
+                                             -key[1]))
+    rows = []
+    for label, epochs in order:
+        files = rows_of[(label, epochs)]
+        notes = ([f'n={len(files)}'] if len(files) > 1 else []) + \
+            ([f'{epochs} probe epochs'] if epochs != PROBE_EPOCHS else [])
+        rows.append((f'{label} ({", ".join(notes)})' if notes else label, result_cells(files)))
+    print(markdown_table(rows + published_rows([m for m in METHODS if any(m == label for label, _ in rows_of)])))
 
 
 def main(argv=None):

@@ -7,28 +7,34 @@ This file also holds the training core that train_sdclr.py (SDCLR, BCL-D) shares
 scripts differ only in the model and the step function passed to `run`.
 """
 import argparse
-import contextlib
-import math
 import os
 import time
-import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import checkpoint
+from checkpoint import Checkpoints
 from data.cifar100 import TwoViewCIFAR100, load_cifar100
 from data.memoboosted_cifar100 import MemoBoostedCIFAR100
-from eval_cifar import full_shot_eval
+from data.sampler import EpochBatchSampler
+from eval_cifar import full_shot_eval, prepare_full_shot
 from losses.nt_xent import nt_xent
 from models import build_model
 from models.utils import load_pretrained
+from preemption import Preempted, StopRequest, ignore_in_worker
 from split.resolve import load_split
-from utils import (InputError, Logger, atomic_save, cosine_annealing, fail, get_device,
-                   rng_state, set_rng_state, set_seed)
+from utils import (ArgumentParser, InputError, Logger, compile_model, cosine_annealing, fail, float_in,
+                   get_device, int_in, keyed_seed, rng_state, set_cudnn, set_rng_state, set_seed)
 
 WARMUP_EPOCHS = 10  # design 5
+WORKER_SEED_STREAM = 1  # keyed_seed(seed, epoch, 1) seeds an epoch's loader workers
+# --checkpoint FILE of the other model family: which script trains it
+RETRAIN_ADVICE = ('an SDCLR model (SDCLR/BCL-D): train from it with train_sdclr.py',
+                  'a SimCLR model (SimCLR/BCL-I): train from it with train.py')
 # Arguments that define the method: a resumed run must use the checkpoint's values.
 METHOD_ARGS = ('trainSplit', 'model', 'batch_size', 'epochs', 'lr', 'weight_decay',
                'temperature', 'bcl', 'momentum_loss_beta', 'rand_k', 'rand_strength',
@@ -48,7 +54,7 @@ def str2bool(value):
 
 
 def get_parser(sdclr):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=('SDCLR / BCL-D' if sdclr else 'SimCLR / BCL-I') + ' pre-training on CIFAR-100-LT')
     parser.add_argument('experiment', help='run name: checkpoints go to SAVE_DIR/EXPERIMENT/')
     parser.add_argument('--save_dir', default='checkpoints')
@@ -56,30 +62,39 @@ def get_parser(sdclr):
     parser.add_argument('--dataset', default='cifar100', choices=['cifar100'])
     parser.add_argument('--trainSplit', default='cifar100_imbSub_with_subsets/cifar100_split1_D_i.npy',
                         help='pre-training split, relative to split/')
-    parser.add_argument('--gpus', default='0', help='CUDA device id (ignored without CUDA)')
-    parser.add_argument('--seed', type=int, default=10)
-    parser.add_argument('--num_workers', type=int, default=8)
+    parser.add_argument('--gpus', default='0', help="CUDA device id (first of a comma list), or 'cpu'")
+    parser.add_argument('--seed', type=int_in(0), default=10)
+    parser.add_argument('--num_workers', type=int_in(0), default=8)
     parser.add_argument('--model', default='resnet18', choices=['resnet18', 'resnet50'])
-    parser.add_argument('--batch_size', type=int, default=512)
-    parser.add_argument('--epochs', type=int, default=2000)
-    parser.add_argument('--num_class', type=int, default=100)
-    parser.add_argument('--print_freq', type=int, default=20, help='progress-bar refresh, in steps')
-    parser.add_argument('--save_freq', type=int, default=500, help='keep model_{epoch}.pt every N epochs')
-    parser.add_argument('--eval_freq', type=int, default=20, help='full-shot linear probe every N epochs')
+    parser.add_argument('--batch_size', type=int_in(2), default=512,
+                        help='samples per step (at least 2: NT-Xent needs negatives, BatchNorm two values)')
+    parser.add_argument('--epochs', type=int_in(1), default=2000)
+    parser.add_argument('--num_class', type=int_in(1), default=100)
+    parser.add_argument('--print_freq', type=int_in(1), default=20,
+                        help='progress-bar refresh and loss check, in steps')
+    parser.add_argument('--save_freq', type=int_in(0), default=500,
+                        help='keep model_{epoch}.pt every N epochs (0: never)')
+    parser.add_argument('--eval_freq', type=int_in(0), default=20,
+                        help='full-shot linear probe every N epochs (0: never)')
     parser.add_argument('--checkpoint', default='',
                         help='with --resume: the checkpoint to continue; without: initial weights')
     parser.add_argument('--resume', type=str2bool, nargs='?', const=True, default=False,
                         help='continue SAVE_DIR/EXPERIMENT/model.pt (or --checkpoint) exactly')
-    parser.add_argument('--lr', type=float, default=0.5)
-    parser.add_argument('--weight_decay', type=float, default=5e-4)
-    parser.add_argument('--temperature', type=float, default=0.2)
+    parser.add_argument('--overwrite', action='store_true',
+                        help="start over in an experiment folder that holds checkpoints (deletes them)")
+    parser.add_argument('--lr', type=float_in(0, None, low_open=True), default=0.5)
+    parser.add_argument('--weight_decay', type=float_in(0, None), default=5e-4)
+    parser.add_argument('--temperature', type=float_in(0, None, low_open=True), default=0.2)
     parser.add_argument('--bcl', action='store_true', help='memory-boosted augmentation (BCL)')
-    parser.add_argument('--momentum_loss_beta', type=float, default=0.97)
-    parser.add_argument('--rand_k', type=int, default=1, help='RandAugment ops per view (BCL)')
-    parser.add_argument('--rand_strength', type=int, default=30, help='maximum RandAugment magnitude (BCL)')
-    parser.add_argument('--prune_percent', type=float, default=0.9 if sdclr else 0.0)
+    parser.add_argument('--momentum_loss_beta', type=float_in(0, 1), default=0.97)
+    parser.add_argument('--rand_k', type=int_in(0), default=1,
+                        help='RandAugment ops per view (BCL; 0: none)')
+    parser.add_argument('--rand_strength', type=int_in(0, 30), default=30,
+                        help='maximum RandAugment magnitude, in [0, 30] (BCL)')
+    parser.add_argument('--prune_percent', type=float_in(0, 1, high_open=True), default=0.9 if sdclr else 0.0)
     if sdclr:
-        parser.add_argument('--random_prune_percent', type=float, default=0.0)
+        parser.add_argument('--random_prune_percent', type=float_in(0, 1, high_open=True), default=0.0,
+                            help='part of --prune_percent zeroed at random (at most --prune_percent)')
     # Speed (issue 6): opt-in; the defaults are the faithful float32 path.
     parser.add_argument('--amp', default='none', choices=['none', 'bf16'],
                         help='bf16 autocast for the network (loss and momentum state stay float32)')
@@ -87,8 +102,19 @@ def get_parser(sdclr):
     parser.add_argument('--compile', action='store_true', help='torch.compile the model')
     parser.add_argument('--persistent_workers', action='store_true',
                         help='keep loader workers alive across epochs (BCL weights still reach them)')
+    parser.add_argument('--cudnn_benchmark', action='store_true',
+                        help='fastest cuDNN kernels, not bit-reproducible (default: deterministic, as published)')
     parser.set_defaults(sdclr=sdclr)
     return parser
+
+
+def parse_args(argv, sdclr):
+    parser = get_parser(sdclr)
+    args = parser.parse_args(argv)
+    if sdclr and args.random_prune_percent > args.prune_percent:
+        parser.error(f'--random_prune_percent {args.random_prune_percent} must not exceed '
+                     f'--prune_percent {args.prune_percent} (it is part of it)')
+    return args
 
 
 def method_name(args):
@@ -125,11 +151,11 @@ def simclr_step(model, images, temperature, autocast):
     return per_sample_loss.detach()
 
 
-def check_method_args(args, checkpoint, path):
-    saved = checkpoint['args']
+def check_method_args(args, state, path):
+    saved = state['args']
     if saved['sdclr'] != args.sdclr:
         script = 'train_sdclr.py' if saved['sdclr'] else 'train.py'
-        raise InputError(f'{path} is a {checkpoint["method"]} checkpoint: resume it with {script}')
+        raise InputError(f'{path} is a {state["method"]} checkpoint: resume it with {script}')
     for name in METHOD_ARGS:
         if name in saved and getattr(args, name, None) != saved[name]:
             raise InputError(f'{path} was trained with --{name} {saved[name]}, not {getattr(args, name)}: '
@@ -141,16 +167,16 @@ def load_resume_checkpoint(args, save_dir):
     if not os.path.isfile(path):
         raise InputError(f'--resume: no checkpoint at {path}; train without --resume first, '
                          f'or pass --checkpoint FILE')
-    try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as error:
-        raise InputError(f'cannot read checkpoint {path} ({error.__class__.__name__}): '
-                         f'pass a model.pt written by this code') from None
-    if not isinstance(checkpoint, dict) or 'momentum_loss' not in checkpoint:
+    state = checkpoint.load(path)
+    if not isinstance(state, dict) or 'momentum_loss' not in state:
         raise InputError(f'{path} holds weights only, not a full training state: use it as '
                          f'--checkpoint without --resume to start from its weights')
-    check_method_args(args, checkpoint, path)
-    return path, checkpoint
+    check_method_args(args, state, path)
+    bad = checkpoint.non_finite(state)
+    if bad:
+        raise InputError(f'{path} holds NaN or inf in {checkpoint.describe(bad)}: resume from an earlier '
+                         f'checkpoint (--checkpoint model_EPOCH.pt) or start a new experiment')
+    return path, state
 
 
 def make_save_dir(args):
@@ -167,50 +193,141 @@ def make_save_dir(args):
 
 def class_distribution(counts):
     order = np.sort(counts)[::-1]
-    return (f'{len(counts)} classes, {int(counts.sum())} images, {int(order[0])} (head) '
+    return (f'{len(counts)} classes, {int(order.sum())} images, {int(order[0])} (head) '
             f'to {int(order[-1])} (tail) per class; sorted counts: {order.tolist()}')
 
 
+class Diverged(InputError):
+    """A non-finite training loss (run adds which checkpoint is kept)."""
+
+
+@dataclass
+class EpochProgress:
+    """How far an epoch got: steps done, the sum of per-sample losses (on the device) and samples
+    seen; `stopped` when a stop signal ended it early."""
+    step: int
+    loss_sum: torch.Tensor
+    seen: int
+    stopped: bool = False
+
+
 def train_epoch(model, loader, optimizer, step_fn, momentum, epoch, args, lr_at, autocast,
-                device, memory_format):
-    """One pass over the data; returns the mean per-sample loss. Raises InputError on a
-    non-finite loss."""
+                device, memory_format, steps_per_epoch=None, progress=None, stop=None):
+    """One pass over `loader` (the rest of an epoch, when `progress` says where it stopped).
+
+    Returns an EpochProgress. After every step it checks `stop.requested` (preemption.StopRequest)
+    and returns early, `stopped`, if a signal came. No host sync per step: the losses stay on the
+    device and are checked every `args.print_freq` steps (Diverged on a non-finite loss).
+    """
     model.train()
-    steps = len(loader)
-    step_losses = torch.zeros(steps, device=device)  # kept on device: no sync per step
-    loss_sum = torch.zeros((), device=device)
+    steps = steps_per_epoch or len(loader)
+    if progress is None:
+        progress = EpochProgress(0, torch.zeros((), device=device), 0)
+    step_losses = torch.zeros(steps, device=device)
     first_step = (epoch - 1) * steps
-    bar = tqdm(loader, desc=f'epoch {epoch}/{args.epochs}', leave=False, dynamic_ncols=True,
-               disable=None)
-    start, seen = time.time(), 0
-    for i, (views, index) in enumerate(bar):
+    bar = tqdm(loader, desc=f'epoch {epoch}/{args.epochs}', leave=False, dynamic_ncols=True, disable=None,
+               initial=progress.step, total=steps)
+    start, seen_here = time.time(), 0
+    for i, (views, index) in enumerate(bar, start=progress.step):
         # design 5: the published loop advances the schedule before each optimiser step
         lr = lr_at(first_step + i + 1)
         for group in optimizer.param_groups:
             group['lr'] = lr
-        images = views.to(device, non_blocking=True).flatten(0, 1)
-        images = images.contiguous(memory_format=memory_format)
+        images = views.to(device, non_blocking=True).flatten(0, 1).contiguous(memory_format=memory_format)
         index = index.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         per_sample_loss = step_fn(model, images, args.temperature, autocast)
         momentum.update(index, per_sample_loss, epoch)
         optimizer.step()
         step_losses[i] = per_sample_loss.mean()
-        loss_sum += per_sample_loss.sum()
-        seen += len(index)
+        progress.loss_sum += per_sample_loss.sum()
+        progress.seen += len(index)
+        progress.step = i + 1
+        seen_here += len(index)
         if (i + 1) % args.print_freq == 0 or i + 1 == steps:
-            check_finite(step_losses[:i + 1], epoch)
+            check_finite_loss(step_losses[:i + 1], epoch)  # one host sync
             bar.set_postfix(loss=f'{step_losses[i].item():.4f}', lr=f'{lr:.4g}',
-                            img_s=f'{seen / (time.time() - start):.0f}')
-    return loss_sum.item() / seen
+                            img_s=f'{seen_here / (time.time() - start):.0f}')
+        if stop is not None and stop.requested and i + 1 < steps:
+            check_finite_loss(step_losses[:i + 1], epoch)
+            progress.stopped = True
+            break
+    bar.close()
+    return progress
 
 
-def check_finite(step_losses, epoch):
+def check_finite_loss(step_losses, epoch):
     bad = (~torch.isfinite(step_losses)).nonzero()
     if len(bad):
         step = int(bad[0]) + 1
-        raise InputError(f'loss is {step_losses[bad[0]].item()} at epoch {epoch}, step {step}: '
-                         f'training stopped, the last good checkpoint is kept; try a lower --lr')
+        raise Diverged(f'loss is {step_losses[bad[0]].item()} at epoch {epoch}, step {step}')
+
+
+def make_loader(dataset, sampler, args, device):
+    """design 5's loader over `sampler` (an EpochBatchSampler). Its workers' seeds come from its own
+    generator, seeded per epoch by start_epoch_loader, never from the global torch RNG; workers
+    ignore SIGTERM/SIGINT (preemption)."""
+    workers = args.num_workers
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == 'cuda',
+                      persistent_workers=args.persistent_workers and workers > 0,
+                      worker_init_fn=ignore_in_worker if workers else None, generator=torch.Generator())
+
+
+def start_epoch_loader(loader, seed, epoch, start_step=0):
+    loader.batch_sampler.set_epoch(epoch, start_step)
+    loader.generator.manual_seed(keyed_seed(seed, epoch, WORKER_SEED_STREAM))
+
+
+def training_state(model, optimizer, momentum, dataset, args, epoch, steps_per_epoch, total_steps, device,
+                   progress=None):
+    """Everything a run needs to continue exactly (design 5), in plain types and tensors
+    (checkpoint.load reads it with weights_only=True). `epoch` is the last finished epoch; a
+    mid-epoch checkpoint adds `progress`: the steps done in the next epoch, its loss so far, the
+    prune masks the epoch started with (non-persistent buffers) and the epoch's log note."""
+    return {'epoch': epoch, 'state_dict': model.state_dict(), 'optim': optimizer.state_dict(),
+            'scheduler': {'step': epoch * steps_per_epoch + (progress['step'] if progress else 0),
+                          'total_steps': total_steps},
+            'momentum_loss': momentum.value,
+            'momentum_weight': dataset.momentum_weight.clone() if args.bcl else None,
+            'rng': rng_state(device), 'args': vars(args), 'method': method_name(args), 'progress': progress}
+
+
+def mid_epoch_progress(model, epoch, progress, note):
+    persistent = model.state_dict().keys()
+    masks = {name: buffer.bool() for name, buffer in model.named_buffers() if name not in persistent}
+    return {'epoch': epoch, 'step': progress.step, 'loss_sum': progress.loss_sum.item(), 'seen': progress.seen,
+            'masks': masks, 'note': note}
+
+
+def restore(state, model, optimizer, momentum, dataset, args, device):
+    """Load a training state into the run; returns (first epoch to run, EpochProgress or None, note)."""
+    model.load_state_dict(state['state_dict'])
+    optimizer.load_state_dict(state['optim'])
+    momentum.value.copy_(state['momentum_loss'])
+    if args.bcl:
+        dataset.momentum_weight.copy_(state['momentum_weight'])
+    set_rng_state(state['rng'], device)
+    partial = state.get('progress')
+    if partial is None:
+        return state['epoch'] + 1, None, None
+    buffers = dict(model.named_buffers())
+    for name, mask in partial['masks'].items():
+        buffers[name].copy_(mask)
+    progress = EpochProgress(partial['step'], torch.tensor(partial['loss_sum'], device=device), partial['seen'])
+    return partial['epoch'], progress, partial['note']
+
+
+def prepare_folder(args, checkpoints, save_dir):
+    """Resume from a checkpoint, or make sure a fresh run replaces nothing (--overwrite to start over)."""
+    if args.resume:
+        path, state = load_resume_checkpoint(args, save_dir)
+        checkpoints.resumed_from(path, state['epoch'])
+        return path, state
+    if args.overwrite:
+        checkpoints.remove_all()
+    else:
+        checkpoints.refuse_fresh_run_over(args.experiment)
+    return None, None
 
 
 def run(args, step_fn, before_epoch=None):
@@ -219,11 +336,15 @@ def run(args, step_fn, before_epoch=None):
     `step_fn(model, images, temperature, autocast)` runs forward and backward on one batch
     and returns the per-sample loss; `before_epoch(model, epoch, args)` runs at each epoch
     start (SDCLR recomputes its prune mask there) and may return a note for the log line.
+    Every file the run needs is resolved before epoch 1; each epoch's checkpoint is written
+    before its probe; SIGTERM/SIGINT end the run with a resumable checkpoint (Preempted).
     """
     device = get_device(args.gpus)
+    set_cudnn(device, args.cudnn_benchmark)
     set_seed(args.seed)
     save_dir = make_save_dir(args)
-    resume_path, checkpoint = load_resume_checkpoint(args, save_dir) if args.resume else (None, None)
+    checkpoints = Checkpoints(save_dir, args.save_freq, args.epochs)
+    resume_path, state = prepare_folder(args, checkpoints, save_dir)
     log = Logger(os.path.join(save_dir, 'log.txt'))
 
     # data (design 1): the split indexes the CIFAR-100 train set
@@ -233,91 +354,92 @@ def run(args, step_fn, before_epoch=None):
         dataset = MemoBoostedCIFAR100(args.data_folder, indices, args.rand_k, args.rand_strength)
     else:
         dataset = TwoViewCIFAR100(args.data_folder, indices)
-    cuda = device.type == 'cuda'
-    torch.backends.cudnn.benchmark = cuda  # as published: fastest kernels for the fixed shapes
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=False,
-                        num_workers=args.num_workers, pin_memory=cuda,
-                        persistent_workers=args.persistent_workers and args.num_workers > 0)
+    probes = bool(args.eval_freq) and args.eval_freq <= args.epochs
+    probe_data = prepare_full_shot(args.data_folder, args.trainSplit, '--eval_freq 0') if probes else None
+    sampler = EpochBatchSampler(len(dataset), args.batch_size, args.seed)
+    loader = make_loader(dataset, sampler, args, device)
 
-    model = build_model(prune=args.sdclr, network=args.model,
-                        num_class=args.num_class)
+    model = build_model(prune=args.sdclr, network=args.model, num_class=args.num_class)
     if args.checkpoint and not args.resume:
-        load_pretrained(model, args.checkpoint)
+        load_pretrained(model, args.checkpoint, wrong_family_advice=RETRAIN_ADVICE)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9,
-                                weight_decay=args.weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     momentum = MomentumLoss(len(dataset), args.momentum_loss_beta, device)
-
-    steps_per_epoch = len(loader)
+    steps_per_epoch = sampler.steps_per_epoch
     total_steps = args.epochs * steps_per_epoch
 
     def lr_at(step):  # design 5: warm-up over 10 epochs, cosine to 1e-6
         return args.lr * cosine_annealing(step, total_steps, 1, 1e-6 / args.lr,
                                           warmup_steps=WARMUP_EPOCHS * steps_per_epoch)
 
-    start_epoch = 1
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint['state_dict'])
-        optimizer.load_state_dict(checkpoint['optim'])
-        momentum.value.copy_(checkpoint['momentum_loss'])
-        if args.bcl:
-            dataset.momentum_weight.copy_(checkpoint['momentum_weight'])
-        set_rng_state(checkpoint['rng'])
-        start_epoch = checkpoint['epoch'] + 1
-        log.log(f'resumed from {resume_path} at epoch {checkpoint["epoch"]}')
+    start_epoch, progress, note = 1, None, None
+    if state is not None:
+        start_epoch, progress, note = restore(state, model, optimizer, momentum, dataset, args, device)
+        where = f'epoch {start_epoch}, step {progress.step}' if progress else f'the end of epoch {state["epoch"]}'
+        log.log(f'resumed from {resume_path} at {where}')
+        del state
 
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == 'bf16')  # noqa: E731
     if args.compile:
         compile_model(model)
-
     log.log(f'{method_name(args)} arguments: {vars(args)}')
     log.log(f'device: {device}; split {args.trainSplit}: {class_distribution(dataset.class_counts)}')
 
-    for epoch in range(start_epoch, args.epochs + 1):
-        start = time.time()
-        note = before_epoch(model, epoch, args) if before_epoch is not None else None
-        loss = train_epoch(model, loader, optimizer, step_fn, momentum, epoch, args, lr_at,
-                           autocast, device, memory_format)
-        if args.bcl:  # design 1.4: new weights from this epoch's momentum losses
-            dataset.update_momentum_weight(momentum.value)
-        line = (f'epoch {epoch}/{args.epochs} loss {loss:.4f} lr {optimizer.param_groups[0]["lr"]:.6g} '
-                f'time {time.time() - start:.1f}s' + (f' {note}' if note else ''))
-        if epoch % args.eval_freq == 0:
-            with torch.random.fork_rng(devices=[device.index or 0] if cuda else []):  # keep training's RNG
-                result = full_shot_eval(model, args.data_folder, args.trainSplit, device,
-                                        num_workers=args.num_workers, amp=args.amp,
-                                        channels_last=args.channels_last)
-            line += f' full-shot top1 {result["top1"]:.2f} top5 {result["top5"]:.2f}'
-        state = {'epoch': epoch, 'state_dict': model.state_dict(), 'optim': optimizer.state_dict(),
-                 'scheduler': {'step': epoch * steps_per_epoch, 'total_steps': total_steps},
-                 'momentum_loss': momentum.value.cpu(),
-                 'momentum_weight': dataset.momentum_weight.clone() if args.bcl else None,
-                 'rng': rng_state(), 'args': vars(args), 'method': method_name(args)}
-        if epoch % 2 == 0 or epoch == args.epochs:
-            atomic_save(state, os.path.join(save_dir, 'model.pt'))
-        if epoch % args.save_freq == 0:
-            atomic_save(state, os.path.join(save_dir, f'model_{epoch}.pt'))
-        log.log(line)
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, args.epochs + 1):
+            start = time.time()
+            if progress is None:
+                note = before_epoch(model, epoch, args) if before_epoch is not None else None
+            start_epoch_loader(loader, args.seed, epoch, progress.step if progress else 0)
+            try:
+                progress = train_epoch(model, loader, optimizer, step_fn, momentum, epoch, args, lr_at, autocast,
+                                       device, memory_format, steps_per_epoch, progress, stop)
+            except Diverged as error:
+                raise InputError(f'training diverged: {error}; nothing was saved for this epoch and '
+                                 f'{checkpoints.newest_finite_text()}. The run is deterministic, so --resume '
+                                 f'would diverge again: start a new experiment (or --overwrite) with a lower '
+                                 f'--lr') from None
+            if progress.stopped:
+                partial = mid_epoch_progress(model, epoch, progress, note)
+                stopped_state = training_state(model, optimizer, momentum, dataset, args, epoch - 1,
+                                               steps_per_epoch, total_steps, device, partial)
+                checkpoints.check_finite(stopped_state, epoch, f'step {progress.step}')
+                checkpoints.write(stopped_state, [checkpoints.latest], epoch - 1)
+                raise Preempted(stop, log, f'at epoch {epoch}, step {progress.step}/{steps_per_epoch}: saved '
+                                           f'{checkpoints.latest}')
+            if args.bcl:  # design 1.4: new weights from this epoch's momentum losses
+                dataset.update_momentum_weight(momentum.value)
+            loss = progress.loss_sum.item() / progress.seen
+            progress = None
+            line = (f'epoch {epoch}/{args.epochs} loss {loss:.4f} lr {optimizer.param_groups[0]["lr"]:.6g} '
+                    f'time {time.time() - start:.1f}s' + (f' {note}' if note else ''))
+            probe_due = bool(args.eval_freq) and epoch % args.eval_freq == 0
+            epoch_state = training_state(model, optimizer, momentum, dataset, args, epoch, steps_per_epoch,
+                                         total_steps, device)
+            checkpoints.check_finite(epoch_state, epoch, 'the end')
+            paths = checkpoints.paths_due(epoch, probe_due or stop.requested)
+            checkpoints.write(epoch_state, paths, epoch)
+            del epoch_state
+            if probe_due and not stop.requested:
+                with torch.random.fork_rng(devices=[device.index] if device.type == 'cuda' else []):  # training's RNG
+                    result = full_shot_eval(model, probe_data, device, num_workers=args.num_workers,
+                                            amp=args.amp, channels_last=args.channels_last)
+                line += f' full-shot top1 {result["top1"]:.2f} top5 {result["top5"]:.2f}'
+            log.log(line)
+            if stop.requested and epoch < args.epochs:
+                raise Preempted(stop, log, f'after epoch {epoch}: saved {checkpoints.latest}')
     return model, momentum
 
 
-def compile_model(model):
-    """torch.compile in place (state-dict keys unchanged); eager with a warning if unavailable."""
-    try:
-        import torch._dynamo
-        torch._dynamo.config.suppress_errors = True  # a failing graph falls back to eager
-        model.compile()
-    except Exception as error:  # e.g. no compiler toolchain on the machine
-        warnings.warn(f'--compile unavailable ({error}); running eagerly')
-
-
 def main(argv=None, sdclr=False, step_fn=simclr_step, before_epoch=None):
-    args = get_parser(sdclr).parse_args(argv)
+    args = parse_args(argv, sdclr)
     try:
         return run(args, step_fn, before_epoch)
     except InputError as error:
         fail(str(error))
+    except Preempted as stopped:
+        fail(str(stopped), code=stopped.code)
 
 
 if __name__ == '__main__':

@@ -1,11 +1,61 @@
-"""Small helpers shared by every script: seeding, RNG state, logging, schedule, device."""
+"""Small helpers shared by every script: argument checks, seeding, RNG state, logging,
+schedule, device."""
+import argparse
 import math
 import os
 import random
 import sys
+import warnings
 
 import numpy as np
 import torch
+
+
+class InputError(Exception):
+    """Bad input from the user (missing file, wrong flag...): a one-line message that says
+    what to do. Scripts print it and exit non-zero; tracebacks are kept for bugs."""
+
+
+def fail(message, code=1):
+    """Exit with a one-line error (for bad input; tracebacks are for bugs)."""
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(code)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (`error: ... (see --help)`, exit 2) instead of usage + error."""
+
+    def error(self, message):
+        fail(f'{message} (see --help)', code=2)
+
+
+def _number(kind, name, check, what):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{name} must be {what}, got {text!r}') from None
+        if not (math.isfinite(value) and check(value)):
+            raise argparse.ArgumentTypeError(f'{name} must be {what}, got {text!r}')
+        return value
+    parse.__name__ = name  # argparse names the type in its message
+    return parse
+
+
+def int_in(low, high=None):
+    """An integer in [low, high] (high None: unbounded)."""
+    what = f'an integer >= {low}' if high is None else f'an integer in [{low}, {high}]'
+    return _number(int, 'value', lambda v: v >= low and (high is None or v <= high), what)
+
+
+def float_in(low, high, low_open=False, high_open=False):
+    """A finite float in [low, high] (open ends where asked; None = unbounded)."""
+    def check(v):
+        return ((low is None or (v > low if low_open else v >= low))
+                and (high is None or (v < high if high_open else v <= high)))
+    interval = (f'{"(" if low_open else "["}{"-inf" if low is None else low}, '
+                f'{"inf" if high is None else high}{")" if high_open else "]"}')
+    return _number(float, 'value', check, f'a finite number in {interval}')
 
 
 def set_seed(seed):
@@ -16,21 +66,35 @@ def set_seed(seed):
     torch.cuda.manual_seed_all(seed)
 
 
-def rng_state():
-    """Every RNG state a run draws from, so that a resumed run continues exactly."""
-    state = {'python': random.getstate(), 'numpy': np.random.get_state(),
+def keyed_seed(*key):
+    """A 64-bit seed that is a fixed function of a tuple of non-negative integers, e.g. (seed, epoch).
+    Streams keyed this way do not depend on what else drew random numbers before."""
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def rng_state(device=None):
+    """Every RNG state a run draws from, as tensors and plain Python types (so that a checkpoint
+    loads with torch.load(weights_only=True)). On CUDA only `device`'s generator is stored: a
+    run draws from its own device alone, and the state restores onto whichever device resumes."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {'python': random.getstate(),
+             'numpy': {'kind': kind, 'keys': torch.from_numpy(keys.astype(np.int64)), 'position': int(position),
+                       'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)},
              'torch': torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
+    if device is not None and torch.device(device).type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state):
+def set_rng_state(state, device=None):
+    """Restore rng_state(); the CUDA state (if stored and resuming on CUDA) goes to `device`."""
     random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
+    numpy = state['numpy']
+    np.random.set_state((numpy['kind'], numpy['keys'].numpy().astype(np.uint32), numpy['position'],
+                         numpy['has_gauss'], numpy['cached_gaussian']))
     torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    if device is not None and torch.device(device).type == 'cuda' and 'cuda' in state:
+        torch.cuda.set_rng_state(state['cuda'], device)
 
 
 class AverageMeter:
@@ -77,26 +141,42 @@ def cosine_annealing(step, total_steps, lr_max, lr_min, warmup_steps=0):
 
 
 def get_device(gpus='0'):
-    """CUDA device `gpus` (first id of a comma list) when CUDA is present, else CPU with a warning."""
-    if torch.cuda.is_available():
-        return torch.device(f'cuda:{str(gpus).split(",")[0]}')
-    print('warning: CUDA is not available: running on CPU (slow)', file=sys.stderr)
-    return torch.device('cpu')
+    """The device of `--gpus`: the first id of a comma list on CUDA (made the current device),
+    'cpu' for the CPU; without CUDA the CPU, with a warning. A bad id is an InputError."""
+    first = str(gpus).split(',')[0].strip()
+    if first.lower() == 'cpu':
+        return torch.device('cpu')
+    if not torch.cuda.is_available():
+        print('warning: CUDA is not available: running on CPU (slow)', file=sys.stderr)
+        return torch.device('cpu')
+    count = torch.cuda.device_count()
+    if not first.isdigit() or int(first) >= count:
+        raise InputError(f'--gpus {gpus}: this machine has {count} CUDA device(s), ids 0..{count - 1}: '
+                         f'pass one of them (or --gpus cpu)')
+    device = torch.device('cuda', int(first))
+    torch.cuda.set_device(device)
+    return device
 
 
-def atomic_save(obj, path):
-    """torch.save to a temp file beside `path`, then rename: a crash never leaves half a file."""
-    tmp = f'{path}.tmp'
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def set_cudnn(device, benchmark):
+    """Design 5: the published runs used deterministic cuDNN (its setup_seed sets benchmark=False,
+    deterministic=True after main had turned benchmark on); that is our default, so that a
+    resumed run on CUDA repeats the uninterrupted one. `benchmark=True` (--cudnn_benchmark)
+    lets cuDNN pick the fastest, non-deterministic kernels: the same method, not bit-reproducible."""
+    torch.backends.cudnn.benchmark = device.type == 'cuda' and benchmark
+    torch.backends.cudnn.deterministic = not benchmark
 
 
-class InputError(Exception):
-    """Bad input from the user (missing file, wrong flag...): a one-line message that says
-    what to do. Scripts print it and exit non-zero; tracebacks are kept for bugs."""
-
-
-def fail(message):
-    """Exit with a one-line error (for bad input; tracebacks are for bugs)."""
-    print(f'error: {message}', file=sys.stderr)
-    sys.exit(1)
+def compile_model(model, method=None):
+    """torch.compile in place: the model's forward (nn.Module.compile), or its bound `method`
+    (e.g. 'features', what feature extraction calls). State-dict keys are unchanged. Where
+    compilation is unavailable, the model runs eagerly with a warning."""
+    try:
+        import torch._dynamo
+        torch._dynamo.config.suppress_errors = True  # a failing graph falls back to eager
+        if method is None:
+            model.compile()
+        else:
+            setattr(model, method, torch.compile(getattr(model, method)))
+    except Exception as error:  # e.g. no compiler toolchain on the machine
+        warnings.warn(f'--compile unavailable ({error}); running eagerly')

@@ -46,7 +46,8 @@ What is timed:
 - Baseline (`--baseline`): the loop the way the published code runs it: a Python loop over the
   batch for the momentum update (one element at a time, reading each value, plus the
   epochs x N history buffer and a host sync per step to log the loss), DataLoader workers
-  re-created every epoch, float32, eager, cudnn.benchmark on (as published); in evaluation,
+  re-created every epoch, float32, eager, deterministic cuDNN (as published: its setup_seed turns
+  cudnn.benchmark off after main turned it on, design 5); in evaluation,
   the features re-extracted for each of the 11 probes, each probe trained alone. Every
   speed-up is a ratio to the baseline measured in the same run (to `default`, our faithful
   float32 path, without --baseline).
@@ -54,9 +55,9 @@ What is timed:
   k=1 and k=2 with weights uniform in [0, 1]) through a DataLoader with 1 worker, with
   `--num_workers` and with all cores, no network.
 
-Configurations: default (train.py as it runs without flags), bf16 (--amp bf16), channels_last,
-compile, persistent (--persistent_workers) and all (every flag). cudnn.benchmark is on in every
-CUDA configuration, as in train.py and in the published code.
+Configurations: default (train.py as it runs without flags: deterministic cuDNN, as published),
+bf16 (--amp bf16), channels_last, compile, persistent (--persistent_workers), cudnn_benchmark
+(--cudnn_benchmark) and all (every flag).
 """
 import argparse
 import hashlib
@@ -83,11 +84,11 @@ import train_sdclr  # noqa: E402
 from data.cifar100 import EvalCIFAR100, TwoViewCIFAR100, load_cifar100  # noqa: E402
 from data.memoboosted_cifar100 import MemoBoostedCIFAR100  # noqa: E402
 from data.synthetic import write_synthetic_cifar100  # noqa: E402
-from eval_cifar import PROBE_EPOCHS, compile_features, extract_features, linear_probe  # noqa: E402
+from eval_cifar import PROBE_EPOCHS, extract_features, linear_probe  # noqa: E402
 from models import build_model  # noqa: E402
 from split.generate import generate_splits, write_splits  # noqa: E402
 from split.resolve import load_split, protocol_files  # noqa: E402
-from utils import cosine_annealing, set_seed  # noqa: E402
+from utils import compile_model, cosine_annealing, set_cudnn, set_seed  # noqa: E402
 
 # test.py by path: `import test` could find Python's own test package
 _spec = importlib.util.spec_from_file_location('bcl_test_script', os.path.join(ROOT, 'test.py'))
@@ -110,7 +111,8 @@ CONFIGS = {
     'channels_last': dict(channels_last=True),
     'compile': dict(compile=True),
     'persistent': dict(persistent=True),
-    'all': dict(amp='bf16', channels_last=True, compile=True, persistent=True),
+    'cudnn_benchmark': dict(cudnn_benchmark=True),
+    'all': dict(amp='bf16', channels_last=True, compile=True, persistent=True, cudnn_benchmark=True),
 }
 PIPELINES = {'SimCLR': 'base', 'SDCLR': 'base', 'BCL-I': 'BCL k=1', 'BCL-D': 'BCL k=2'}
 
@@ -206,7 +208,7 @@ def sync(device):
 
 
 def set_cudnn_benchmark(flags, device):
-    torch.backends.cudnn.benchmark = device.type == 'cuda'  # as train.py and the published code
+    set_cudnn(device, flags.get('cudnn_benchmark', False))  # as train.py: deterministic unless the flag
 
 
 def peak_memory_mb(device):
@@ -297,7 +299,7 @@ def bench_training(method, config, data, args, device):
     amp = flags.get('amp') == 'bf16'
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)  # noqa: E731 (as train.run)
     if flags.get('compile'):
-        train.compile_model(model)
+        compile_model(model)
     step_fn = train_sdclr.sdclr_step if spec['sdclr'] else train.simclr_step
     real_steps = math.ceil(len(dataset) / args.batch_size)  # steps of a real epoch
 
@@ -383,7 +385,7 @@ def bench_eval(prune, config, probes, data, args, device):
     set_cudnn_benchmark(flags, device)
     if flags.get('compile'):
         torch._dynamo.reset()
-        compile_features(model)
+        compile_model(model, 'features')
     train_set, test_set = EvalCIFAR100(data.folder, train=True), EvalCIFAR100(data.folder, train=False)
     speed = dict(amp=flags.get('amp', 'none'), channels_last=flags.get('channels_last', False))
 
@@ -560,7 +562,7 @@ def main(argv=None):
         smoke_settings(args)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     methods = args.methods.split(',')
-    configs = (args.configs or ('default,bf16,channels_last,compile,persistent,all'
+    configs = (args.configs or ('default,bf16,channels_last,compile,persistent,cudnn_benchmark,all'
                                 if device.type == 'cuda'
                                 else 'default,channels_last,persistent')).split(',')
     configs = (['baseline'] if args.baseline else []) + [c for c in configs if c != 'baseline']

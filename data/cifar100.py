@@ -22,12 +22,19 @@ NUM_CLASSES = 100
 def read_batch(path):
     """(images uint8 [N, 32, 32, 3], labels int64 [N]) of one pickled CIFAR-100 file, cached
     so that several datasets over the same file read it once. Read-only: callers copy."""
-    with open(path, 'rb') as f:
-        entry = pickle.load(f, encoding='latin1')
-    # 'data' holds each image as 3072 bytes: the R, G, B planes in row-major order.
-    images = np.asarray(entry['data'], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    try:
+        with open(path, 'rb') as f:
+            entry = pickle.load(f, encoding='latin1')
+        # 'data' holds each image as 3072 bytes: the R, G, B planes in row-major order.
+        images = np.asarray(entry['data'], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = np.asarray(entry['fine_labels'], dtype=np.int64)
+        if len(images) != len(labels) or len(labels) == 0:
+            raise ValueError(f'{len(images)} images and {len(labels)} labels')
+    except Exception as e:  # empty, truncated or not a CIFAR-100 pickle
+        reason = (str(e).splitlines() or [''])[0][:120]
+        raise InputError(f'{path} is not a readable CIFAR-100 batch ({type(e).__name__}: {reason}): delete '
+                         f"the folder's cifar-100-python/ and download it again") from None
     images = np.ascontiguousarray(images)
-    labels = np.asarray(entry['fine_labels'], dtype=np.int64)
     images.flags.writeable = labels.flags.writeable = False
     return images, labels
 
@@ -37,14 +44,15 @@ def load_cifar100(data_folder, train, download=True):
     folder = os.path.join(data_folder, 'cifar-100-python')
     path = os.path.abspath(os.path.join(folder, 'train' if train else 'test'))
     if not os.path.isfile(path):
-        remedy = "put torchvision's cifar-100-python/{train,test,meta} there, or run once with internet"
+        remedy = ("pass --data_folder DATA, the folder holding torchvision's cifar-100-python/{train,test,meta} "
+                  '(or run once with internet to download it there)')
         if not download:
-            raise InputError(f'CIFAR-100 not found in {folder}: {remedy}')
+            raise InputError(f'CIFAR-100 not found in {os.path.abspath(folder)}: {remedy}')
         try:
             import torchvision
             torchvision.datasets.CIFAR100(data_folder, train=train, download=True)
         except Exception as e:
-            raise InputError(f'CIFAR-100 not found in {folder} and the download failed '
+            raise InputError(f'CIFAR-100 not found in {os.path.abspath(folder)} and the download failed '
                              f'({type(e).__name__}: {e}): {remedy}') from e
     return read_batch(path)
 

@@ -36,7 +36,7 @@ def momentum_weight(momentum_loss):
 
 def rand_strength_magnitude(weight, rand_k, rand_strength, u):
     """Design 1.4: RandAugment magnitude of a sample with weight w (u ~ U(0, 1) per call,
-    used only when rand_k >= 2)."""
+    used unless rand_k == 1; with rand_k == 0 no op is applied and the value is unused)."""
     if rand_k == 1:
         return 10 + (rand_strength - 10) * weight
     return 5 + (rand_strength - 5) * weight * u
@@ -64,7 +64,7 @@ class MemoBoostedCIFAR100(TwoViewCIFAR100):
 
     def __getitem__(self, i):
         weight = float(self.momentum_weight[i])
-        u = random.random() if self.rand_k >= 2 else None  # one draw shared by both views
+        u = random.random() if self.rand_k != 1 else None  # one draw shared by both views
         magnitude = rand_strength_magnitude(weight, self.rand_k, self.rand_strength, u)
         rand_augment = RandAugmentProb(self.rand_k, magnitude, p=weight)
         img = Image.fromarray(self.images[i])

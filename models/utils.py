@@ -5,6 +5,7 @@ import os
 import torch
 import torch.nn as nn
 
+import checkpoint as checkpoint_files
 from utils import InputError
 
 MEAN = (0.485, 0.456, 0.406)  # design 3
@@ -56,24 +57,23 @@ def _few(keys, n=3):
     return ', '.join(keys[:n]) + (f' (+{len(keys) - n} more)' if len(keys) > n else '')
 
 
-def load_pretrained(model, checkpoint):
+# what to tell a user whose checkpoint is of the other family (test.py's flags; train.py passes its own)
+PRUNE_FLAG_ADVICE = ('an SDCLR model (SDCLR/BCL-D): pass --prune', 'a SimCLR model (SimCLR/BCL-I): remove --prune')
+
+
+def load_pretrained(model, checkpoint, wrong_family_advice=PRUNE_FLAG_ADVICE):
     """Load `checkpoint` (a path, or an already loaded object) into `model` strictly.
 
     Accepts {'state_dict': ...} or a bare state dict and strips a 'module.' prefix
-    (DataParallel). Raises InputError for an unreadable file, a SimCLR/SDCLR mix-up
-    (saying which flag to use) or any other key mismatch. Returns the model.
+    (DataParallel). A path is read with checkpoint.load (weights_only=True). Raises InputError
+    for an unreadable or unsafe file, NaN/inf weights, a SimCLR/SDCLR mix-up (with
+    `wrong_family_advice`: (for an SDCLR file, for a SimCLR file)) or any other key mismatch.
+    Returns the model.
     """
     is_path = isinstance(checkpoint, (str, os.PathLike))
     label = f'checkpoint {os.fspath(checkpoint)}' if is_path else 'the checkpoint'
     if is_path:
-        if not os.path.isfile(checkpoint):
-            raise InputError(f'{label} does not exist: check the path')
-        try:  # our checkpoints hold numpy RNG states etc., which weights_only=True rejects
-            checkpoint = torch.load(checkpoint, map_location='cpu', weights_only=False)
-        except Exception as e:  # any failure to unpickle means the file is not a checkpoint
-            reason = (str(e).splitlines() or [''])[0]
-            raise InputError(f'cannot read {label} ({type(e).__name__}: {reason}): '
-                             'pass a file saved by our training scripts') from None
+        checkpoint = checkpoint_files.load(os.fspath(checkpoint))
     state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f'{label} holds no state dict: pass a file saved by our '
@@ -83,14 +83,18 @@ def load_pretrained(model, checkpoint):
     expected = model.state_dict().keys()
     model_is_sdclr = any('bn_list' in k for k in expected)
     if not model_is_sdclr and any('bn_list' in k for k in state):
-        raise InputError(f'{label} holds an SDCLR model (SDCLR/BCL-D): pass --prune')
+        raise InputError(f'{label} holds {wrong_family_advice[0]}')
     if model_is_sdclr and any(k.startswith('projector.') for k in state):
-        raise InputError(f'{label} holds a SimCLR model (SimCLR/BCL-I): remove --prune')
+        raise InputError(f'{label} holds {wrong_family_advice[1]}')
     missing, unexpected = expected - state.keys(), state.keys() - expected
     if missing or unexpected:
         raise InputError(f'{label} does not match the model: '
                          f'missing keys: {_few(missing) or "none"}; '
                          f'unexpected keys: {_few(unexpected) or "none"}')
+    bad = checkpoint_files.non_finite(state)
+    if bad:
+        raise InputError(f'{label} holds NaN or inf in {len(bad)} tensor(s) ({checkpoint_files.describe(bad)}): '
+                         'its training diverged; evaluate an earlier checkpoint')
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:  # same keys, different shapes

@@ -36,3 +36,49 @@ def synthetic_splits(synthetic_cifar):
           '--train_per_class', '16', '--imbalance_ratio', '10', '--shot_sizes', '8', '4'])
     yield SPLIT_ROOT, name
     shutil.rmtree(os.path.join(SPLIT_ROOT, name), ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- devices
+# Tests whose behaviour depends on the device take the `device` fixture: they run on the CPU
+# and, where CUDA is present, on CUDA as well; without CUDA the CUDA half is skipped, and the
+# summary says so in one line.
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+_cuda_skips = []
+
+
+@pytest.fixture(params=['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not CUDA, reason='CUDA not available'))])
+def device(request):
+    return torch.device(request.param if request.param == 'cpu' else 'cuda:0')
+
+
+def gpus_flag(device):
+    """The --gpus value that runs a script on `device`."""
+    return 'cpu' if device.type == 'cpu' else str(device.index or 0)
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and '[cuda' in report.nodeid and report.when == 'setup':
+        _cuda_skips.append(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _cuda_skips:
+        terminalreporter.write_line(f'{len(_cuda_skips)} CUDA test(s) skipped: CUDA is not available '
+                                    f'(on a GPU machine they run the same checks on cuda:0)')
+
+
+# ----------------------------------------------------------------------------- CPU tensors act like CUDA ones
+# A CUDA tensor refuses implicit conversion to NumPy (np.asarray(t), np.searchsorted(a, t)...); a CPU
+# tensor allows it, which is how a crash on CUDA can pass every CPU test. For the whole suite, CPU
+# tensors refuse it too, with CUDA's message; explicit `.numpy()` / `.cpu().numpy()` still work.
+def _refuse_implicit_numpy(self, *args, **kwargs):
+    raise TypeError(f"can't convert {self.device} device type tensor to numpy implicitly (as CUDA tensors "
+                    f'refuse it): use Tensor.cpu().numpy() where a host value is needed')
+
+
+@pytest.fixture(autouse=True)
+def no_implicit_numpy(monkeypatch):
+    monkeypatch.setattr(torch.Tensor, '__array__', _refuse_implicit_numpy)

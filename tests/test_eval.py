@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 
 from data.cifar100 import EvalCIFAR100
-from eval_cifar import (extract_features, full_shot_eval, group_accuracy, linear_probe,
+from eval_cifar import (extract_features, full_shot_eval, group_accuracy, linear_probe, prepare_full_shot,
                         probe_accuracy, train_probes)
 from models import SDCLR, PruneMask
 from split.resolve import load_split, protocol_files
@@ -182,8 +182,8 @@ def test_full_shot_eval_matches_manual_pipeline(synthetic_cifar, synthetic_split
     split_root, family = synthetic_splits
     train_split = f'{family}/cifar100_imbSub_with_subsets/cifar100_split2_D_i.npy'
     model = PooledPixels()
-    result = full_shot_eval(model, synthetic_cifar, train_split, torch.device('cpu'), probe_epochs=30,
-                            seed=3)
+    result = full_shot_eval(model, prepare_full_shot(synthetic_cifar, train_split), torch.device('cpu'),
+                            probe_epochs=30, seed=3)
     assert model.training
 
     # independent pipeline: pooled pixels of the train list and the test set

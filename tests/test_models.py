@@ -12,7 +12,7 @@ import torch.nn as nn
 from models import PruneMask, SDCLR, SimCLR, build_model, load_pretrained
 from models.resnet_prune_multibn import PrunableConv2d
 from models.utils import Normalize
-from utils import InputError
+from utils import InputError, rng_state
 
 REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'reference_state_dict.json')
 
@@ -307,7 +307,7 @@ def test_load_pretrained_round_trip_through_a_file(trained_pair, tmp_path, which
     source = trained_pair[which]
     path = tmp_path / 'model.pt'
     torch.save({'state_dict': source.state_dict(), 'epoch': 3,
-                'rng': {'numpy': np.random.get_state()}}, path)
+                'rng': rng_state()}, path)
     target = type(source)()
     assert load_pretrained(target, str(path)) is target
     assert_same_state(target, source)

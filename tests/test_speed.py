@@ -27,14 +27,15 @@ from data.synthetic import write_synthetic_cifar100
 from models import SDCLR, PruneMask, SimCLR, build_model
 from split.generate import main as generate_splits
 from split.resolve import SPLIT_ROOT, load_split
+from utils import compile_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.filterwarnings('ignore:CUDA is not available')
 FLOAT32 = contextlib.nullcontext
 
 
-def bf16():
-    return torch.autocast('cpu', dtype=torch.bfloat16)
+def bf16_on(device):
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def model_and_step(sdclr):
@@ -58,11 +59,13 @@ def record_first_conv_input(model, record):
 
 
 @pytest.mark.parametrize('sdclr', [False, True], ids=['simclr_step', 'sdclr_step'])
-def test_bf16_step_loss_within_2_percent_and_state_float32(sdclr):
+def test_bf16_step_loss_within_2_percent_and_state_float32(sdclr, device):
     """8 samples: with 2-4 the projection head's BatchNorm over so few rows turns bf16 rounding
-    into sign flips (SDCLR at 4 samples: 3.4% off); at 8 the step is within 0.5% here."""
+    into sign flips (SDCLR at 4 samples: 3.4% off); at 8 the step is within 0.5% here (CPU)."""
     model, step = model_and_step(sdclr)
-    images = two_view_batch(samples=8)
+    model = model.to(device)
+    images = two_view_batch(samples=8).to(device)
+    bf16 = bf16_on(device)
     reference = step(copy.deepcopy(model), images, 0.2, FLOAT32)
     record = []
     record_first_conv_input(model, record)
@@ -73,8 +76,8 @@ def test_bf16_step_loss_within_2_percent_and_state_float32(sdclr):
     assert not torch.equal(loss, reference)  # bf16 did change the computation
     assert all(p.grad.dtype == torch.float32 for p in model.parameters() if p.grad is not None)
 
-    momentum = train.MomentumLoss(10, 0.97, 'cpu')
-    index = torch.tensor([9, 1, 7, 3, 5, 0, 8, 2])
+    momentum = train.MomentumLoss(10, 0.97, device)
+    index = torch.tensor([9, 1, 7, 3, 5, 0, 8, 2], device=device)
     with bf16():  # the state stays float32 even if updated inside autocast with a bf16 loss
         momentum.update(index, loss, epoch=1)
         momentum.update(index, loss.bfloat16(), epoch=2)
@@ -85,13 +88,13 @@ def test_bf16_step_loss_within_2_percent_and_state_float32(sdclr):
 
 @pytest.mark.parametrize('sdclr', [False, True], ids=['simclr_step', 'sdclr_step'])
 @pytest.mark.parametrize('dtype, tolerance', [(torch.float32, 1e-4), (torch.float64, 1e-9)])
-def test_channels_last_gives_the_same_loss(sdclr, dtype, tolerance):
+def test_channels_last_gives_the_same_loss(sdclr, dtype, tolerance, device):
     """In float32 the two layouts use different convolution kernels: ResNet-18 losses differ by
     0.7-1.9e-5 here (rounding, amplified by BatchNorm over a small batch), so 1e-4; in float64 a
     layout bug (wrong view order, a mixed-up slice) would still show, rounding would not."""
     model, step = model_and_step(sdclr)
-    model = model.to(dtype)
-    images = two_view_batch(samples=4).to(dtype)
+    model = model.to(device, dtype)
+    images = two_view_batch(samples=4).to(device, dtype)
     reference = step(copy.deepcopy(model), images, 0.2, FLOAT32)
     model = model.to(memory_format=torch.channels_last)
     record = []
@@ -120,12 +123,12 @@ def compile_works():
 
 
 def compiled_step_loss(model, module, step, images):
-    """train.compile_model(module) in place, then one step; compile failures raise here instead of
+    """compile_model(module) in place, then one step; compile failures raise here instead of
     falling back to eager (compile_model turns suppress_errors on), so a silent fallback can't pass."""
     from torch._dynamo.utils import counters
     torch._dynamo.reset()
     keys = set(model.state_dict())
-    train.compile_model(module)
+    compile_model(module)
     graphs = counters['stats']['unique_graphs']
     with torch._dynamo.config.patch(suppress_errors=False):
         loss = step(model, images, 0.2, FLOAT32)
@@ -134,21 +137,23 @@ def compiled_step_loss(model, module, step, images):
     return loss
 
 
-def test_compile_whole_simclr_model_gives_the_eager_loss(compile_works):
-    """train.compile_model on all of SimCLR (ResNet-18 + head): ~50 s of compilation on 2 cores."""
+def test_compile_whole_simclr_model_gives_the_eager_loss(compile_works, device):
+    """utils.compile_model on all of SimCLR (ResNet-18 + head): ~50 s of compilation on 2 cores."""
     model, step = model_and_step(sdclr=False)
-    images = two_view_batch(samples=2)
+    model = model.to(device)
+    images = two_view_batch(samples=2).to(device)
     reference = step(copy.deepcopy(model), images, 0.2, FLOAT32)
     loss = compiled_step_loss(model, model, step, images)
     assert torch.allclose(loss, reference, atol=1e-4, rtol=0)
 
 
-def test_compiled_sdclr_head_follows_the_prune_flag(compile_works):
+def test_compiled_sdclr_head_follows_the_prune_flag(compile_works, device):
     """SDCLR's head (at backbone.fc) holds paired BNs switched by the prune flag: the compiled
     graphs must follow the flag through sdclr_step's three passes (pruned without gradient, dense,
     pruned). Only the head is compiled (all of SDCLR would be three ResNet-18 graphs)."""
     model, step = model_and_step(sdclr=True)
-    images = two_view_batch(samples=2)
+    model = model.to(device)
+    images = two_view_batch(samples=2).to(device)
     reference = step(copy.deepcopy(model), images, 0.2, FLOAT32)
     loss = compiled_step_loss(model, model.backbone.fc, step, images)
     assert torch.allclose(loss, reference, atol=1e-4, rtol=0)
@@ -218,7 +223,8 @@ def test_test_script_bf16_keeps_features_and_probe_logits_float32(tiny, tmp_path
 
     assert len(extracted) == 2  # still one pass over the train pool and one over the test set
     for (kwargs, features), reference in zip(extracted, float32_features):
-        assert kwargs == {'num_workers': 0, 'amp': 'bf16', 'channels_last': True}
+        assert {k: v for k, v in kwargs.items() if k != 'desc'} == {'num_workers': 0, 'amp': 'bf16',
+                                                                    'channels_last': True}
         assert features.dtype == torch.float32
         assert torch.equal(features.bfloat16().float(), features)  # computed in bf16...
         assert not torch.equal(reference.bfloat16().float(), reference)  # ...the float32 run was not

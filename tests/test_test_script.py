@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import gpus_flag
 from data.synthetic import write_synthetic_cifar100
 from eval_cifar import group_accuracy, linear_probe
 from models import SDCLR, SimCLR
 from split.generate import main as generate_splits
 from split.resolve import SPLIT_ROOT
+from utils import rng_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = f'_pytest_tiny_{uuid.uuid4().hex[:8]}'
@@ -52,7 +54,7 @@ def checkpoints(tmp_path_factory):
     torch.manual_seed(0)
     ours = {'epoch': 2, 'state_dict': SimCLR().state_dict(), 'optim': {}, 'scheduler': {},
             'momentum_loss': torch.zeros(10), 'momentum_weight': torch.zeros(10, dtype=torch.float64),
-            'rng': {'numpy': np.random.get_state()}, 'method': 'BCL-I',
+            'rng': rng_state(), 'method': 'BCL-I',
             'args': {'trainSplit': SPLIT.format(k=2), 'bcl': True, 'rand_k': 1, 'model': 'resnet18'}}
     torch.save(ours, folder / 'bcl_i.pt')
     torch.save(SDCLR().state_dict(), folder / 'sdclr_bare.pt')
@@ -65,10 +67,10 @@ def run(argv, tiny):
                              '--probe_epochs', '20'] + argv)  # argv last: it may override these
 
 
-def expect_error(argv, tiny, capsys, message):
+def expect_error(argv, tiny, capsys, message, code=1):
     with pytest.raises(SystemExit) as exit_info:
         run(argv, tiny)
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == code
     lines = [line for line in capsys.readouterr().err.strip().splitlines()
              if not line.startswith('warning: CUDA is not available')]  # the CPU notice
     assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], lines
@@ -168,7 +170,7 @@ def test_printed_tables_name_method_and_published_numbers(tiny, checkpoints, tmp
 def test_paper_table_helper(tmp_path, capsys):
     def results_file(name, method, full, shot100, shot50, groups=(60, 50, 40)):
         many, medium, few = groups
-        r = {'method': method, 'model': 'SimCLR',
+        r = {'method': method, 'model': 'SimCLR', 'probe_epochs': 500,
              'fullshot': {'top1': full, 'top5': 90.0, 'many': many, 'medium': medium, 'few': few,
                           'std': float(np.std(groups))},
              '100shot': {'top1': [shot100] * 5, 'mean': shot100, 'std': 0.0},
@@ -204,7 +206,7 @@ def test_error_no_test_flag(tiny, checkpoints, capsys):
 
 def test_error_probe_epochs(tiny, checkpoints, capsys):
     expect_error(['--checkpoint', str(checkpoints / 'bcl_i.pt'), '--test_50shot', '--probe_epochs', '0'], tiny,
-                 capsys, '--probe_epochs must be at least 1, got 0')
+                 capsys, "argument --probe_epochs: value must be an integer >= 1, got '0'", code=2)
 
 
 def test_error_checkpoint_missing_or_unreadable(tiny, checkpoints, capsys):
@@ -240,3 +242,15 @@ def test_command_line_error_exit(checkpoints):
     assert proc.stderr.strip().splitlines()[-1] == ('error: nothing to evaluate: pass at least one of '
                                                     '--test_fullshot --test_100shot --test_50shot')
     assert 'Traceback' not in proc.stderr
+
+
+def test_evaluation_on_device(bcl_i_run, tiny, checkpoints, device, tmp_path):
+    """test.py's whole path (feature pass, stacked probes, groups) on `device`; on the CPU under the
+    implicit-NumPy guard, on CUDA within 5 points of the CPU run (100 test images: 1 point each)."""
+    results = run(['--checkpoint', str(checkpoints / 'bcl_i.pt'), '--test_fullshot', '--test_100shot', '--test_50shot',
+                   '--gpus', gpus_flag(device), '--output', str(tmp_path / 'r.json')], tiny)
+    reference = bcl_i_run[0]
+    tolerance = 0 if device.type == 'cpu' else 5
+    assert abs(results['fullshot']['top1'] - reference['fullshot']['top1']) <= tolerance
+    for group in ('100shot', '50shot'):
+        assert np.allclose(results[group]['top1'], reference[group]['top1'], atol=tolerance, rtol=0)

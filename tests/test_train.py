@@ -15,6 +15,7 @@ import train_sdclr
 from data.memoboosted_cifar100 import momentum_weight
 from losses.nt_xent import nt_xent
 from models import SDCLR, PruneMask, build_model
+from conftest import gpus_flag
 from split.resolve import load_split
 
 SUBSETS = 'cifar100_imbSub_with_subsets'
@@ -53,9 +54,12 @@ def load(path):
 
 
 @pytest.mark.parametrize('method', list(PUBLISHED))
-def test_published_command_end_to_end(method, small_args, tmp_path):
+def test_published_command_end_to_end(method, small_args, tmp_path, device):
+    """On CUDA with --eval_freq 1: the in-training probe runs after each epoch (on CPU one probe
+    run is in test_device.py: a ResNet-18 feature pass over 2,600 images costs ~10 s here)."""
     main, command = PUBLISHED[method]
-    main(command.split() + small_args(tmp_path))
+    main(command.split() + small_args(tmp_path) + ['--gpus', gpus_flag(device)]
+         + (['--eval_freq', '1'] if device.type == 'cuda' else []))
     folder = tmp_path / command.split()[0]
     checkpoint = load(folder / 'model.pt')
     assert CHECKPOINT_KEYS <= set(checkpoint)
@@ -80,6 +84,7 @@ def test_published_command_end_to_end(method, small_args, tmp_path):
     log = (folder / 'log.txt').read_text()
     epoch_lines = [line for line in log.splitlines() if line.startswith('epoch ')]
     assert [line.split()[1] for line in epoch_lines] == ['1/2', '2/2']
+    assert all(('full-shot top1' in line) == (device.type == 'cuda') for line in epoch_lines)
     assert '32 images' in log and f"'weight_decay': {checkpoint['args']['weight_decay']}" in log
     if method in ('SDCLR', 'BCL-D'):  # design 3: mask recomputed each epoch at 90% sparsity
         assert all('sparsity 0.9000' in line for line in epoch_lines)
@@ -150,11 +155,12 @@ def test_sdclr_step_gradient_is_sum_of_both_losses():
         assert torch.allclose(grads[name], expected, atol=1e-6), name
 
 
-def test_resume_continues_exactly(small_args, tmp_path):
+def test_resume_continues_exactly(small_args, tmp_path, device):
     """4 epochs in one go == 2 epochs, then --resume from model_2.pt for the last 2 (BCL-D:
-    pruning, momentum state, BCL weights, RandAugment draws and shuffling all continue)."""
+    pruning, momentum state, BCL weights, RandAugment draws and shuffling all continue). Bit-equal
+    on CPU, and on CUDA with the default deterministic cuDNN (design 5)."""
     _, command = PUBLISHED['BCL-D']
-    args = command.split() + small_args(tmp_path, epochs=4) + ['--save_freq', '2']
+    args = command.split() + small_args(tmp_path, epochs=4) + ['--save_freq', '2', '--gpus', gpus_flag(device)]
     train_sdclr.main(args)
     straight = load(tmp_path / 'BCL_D' / 'model_4.pt')
     resumed_dir = tmp_path / 'resumed'

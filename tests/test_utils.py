@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils import AverageMeter, Logger, atomic_save, cosine_annealing, rng_state, set_rng_state, set_seed
+from utils import AverageMeter, Logger, cosine_annealing, rng_state, set_rng_state, set_seed
 
 
 def test_cosine_annealing_closed_form():
@@ -52,15 +52,6 @@ def test_logger_prints_and_appends(tmp_path, capsys):
     logger.log('second')
     assert path.read_text() == 'first\nsecond\n'
     assert capsys.readouterr().out == 'first\nsecond\n'
-
-
-def test_atomic_save_round_trip(tmp_path):
-    path = str(tmp_path / 'model.pt')
-    atomic_save({'w': torch.arange(4.0)}, path)
-    atomic_save({'w': torch.arange(3.0), 'epoch': 2}, path)  # overwrite in place
-    loaded = torch.load(path)
-    assert torch.equal(loaded['w'], torch.arange(3.0)) and loaded['epoch'] == 2
-    assert os.listdir(tmp_path) == ['model.pt']
 
 
 def draws():

@@ -1,0 +1,156 @@
+"""Checkpoint files: written atomically and durably, read safely, never poisoned, never
+overwritten by accident.
+
+- `save`: temp file beside the target, flushed and fsynced, renamed over it, folder fsynced;
+  any failure removes the temp file and is a one-line InputError that says the target is unchanged.
+- `load`: `torch.load(weights_only=True)`: tensors and plain containers only, so a downloaded
+  file cannot run code; a file that needs more is refused with a one-line InputError.
+- `non_finite`: the names of floating tensors holding NaN or inf, anywhere in a nested state.
+- `Checkpoints`: the policy of one experiment folder (what is saved when, which checkpoint is
+  the newest finite one, refusing to start a fresh run over an existing one).
+"""
+import glob
+import os
+
+import torch
+
+from utils import InputError
+
+SAFE_LOAD_ADVICE = ('if you trust the file, re-save what you need with plain torch types, e.g. '
+                    "torch.save(torch.load(PATH, weights_only=False)['state_dict'], NEW_PATH)")
+
+
+def save(state, path):
+    """Write `state` to `path` atomically (a crash leaves the old file or the new one, never half)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = f'{path}.tmp'
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a power loss
+        finally:
+            os.close(directory)
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        reason = getattr(error, 'strerror', None) or ' '.join(str(error).split())[:160]
+        raise InputError(f'could not write checkpoint {path} ({reason}); {os.path.basename(path)} there is '
+                         f'unchanged (the previous checkpoint is intact): free space or fix permissions, '
+                         f'then continue with --resume') from None
+
+
+def load(path, what='checkpoint'):
+    """torch.load(path, weights_only=True) on the CPU, with one-line errors."""
+    if not os.path.isfile(path):
+        raise InputError(f'{what} {path} does not exist: check the path')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as error:
+        text = str(error)
+        if 'Unsupported global' in text or 'Unsupported class' in text:  # a pickled Python object
+            raise InputError(f'{what} {path} holds Python objects beyond tensors and plain containers; '
+                             f'refused, since loading it could run arbitrary code: {SAFE_LOAD_ADVICE}') from None
+        reason = (text.splitlines() or [''])[0][:160]
+        raise InputError(f'cannot read {what} {path} ({type(error).__name__}: {reason}): pass a file saved by '
+                         'train.py / train_sdclr.py or a published checkpoint') from None
+
+
+def _floating_tensors(obj, prefix=''):
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() or obj.is_complex():
+            yield prefix or 'tensor', obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _floating_tensors(value, f'{prefix}.{key}' if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _floating_tensors(value, f'{prefix}.{i}' if prefix else str(i))
+
+
+def non_finite(state):
+    """Names of the floating tensors in `state` (nested dicts/lists) that hold NaN or inf.
+    One host sync per device, however many tensors."""
+    named = list(_floating_tensors(state))
+    if not named:
+        return []
+    by_device = {}
+    for i, (_, tensor) in enumerate(named):
+        by_device.setdefault(tensor.device, []).append(i)
+    bad = []
+    for device, positions in by_device.items():
+        flags = torch.stack([torch.isfinite(named[i][1]).all() for i in positions]).cpu()
+        bad += [positions[j] for j in (~flags).nonzero().flatten().tolist()]
+    return [named[i][0] for i in sorted(bad)]
+
+
+def describe(names, limit=3):
+    return ', '.join(names[:limit]) + (f' (+{len(names) - limit} more)' if len(names) > limit else '')
+
+
+class Checkpoints:
+    """The checkpoints of one experiment folder (design 5: `model.pt` every 2 epochs and after
+    the last, `model_{epoch}.pt` every `save_freq` epochs; 0 = never)."""
+
+    def __init__(self, folder, save_freq, last_epoch):
+        self.folder, self.save_freq, self.last_epoch = folder, save_freq, last_epoch
+        self.latest = os.path.join(folder, 'model.pt')
+        self.newest_finite = None  # (path, epoch) of the newest checkpoint known to be finite
+
+    def existing(self):
+        return sorted(glob.glob(os.path.join(self.folder, 'model*.pt')))
+
+    def refuse_fresh_run_over(self, experiment):
+        """A fresh run must not replace a run's checkpoints (a resubmitted job would)."""
+        found = self.existing()
+        if found:
+            raise InputError(f'{self.folder} already holds {os.path.basename(found[-1])}'
+                             f'{f" and {len(found) - 1} more checkpoint(s)" if len(found) > 1 else ""}: '
+                             f'continue it with --resume, or choose another experiment name than {experiment!r} '
+                             f'(--overwrite deletes them and starts over there)')
+
+    def remove_all(self):
+        """--overwrite: start over in this folder (checkpoints and their temp files, the log)."""
+        for path in self.existing() + glob.glob(os.path.join(self.folder, 'model*.pt.tmp')):
+            os.remove(path)
+        log = os.path.join(self.folder, 'log.txt')
+        if os.path.exists(log):
+            os.remove(log)
+
+    def resumed_from(self, path, epoch):
+        self.newest_finite = (path, epoch)
+
+    def newest_finite_text(self):
+        if self.newest_finite is None:
+            return 'no finite checkpoint of this run exists yet'
+        path, epoch = self.newest_finite
+        return f'the newest finite checkpoint, {path} (epoch {epoch}), is kept'
+
+    def check_finite(self, state, epoch, where):
+        """InputError naming what is non-finite, the epoch and the newest finite checkpoint."""
+        bad = non_finite(state)
+        if bad:
+            raise InputError(f'training diverged: {len(bad)} tensor(s) are NaN or inf after {where} of epoch {epoch} '
+                             f'({describe(bad)}); nothing was saved and {self.newest_finite_text()}. The run is '
+                             f'deterministic, so --resume would diverge again: start a new experiment (or '
+                             f'--overwrite) with a lower --lr')
+
+    def paths_due(self, epoch, probe_due):
+        """The files to write at the end of `epoch`. model.pt also before every in-training probe, so
+        that a failing or interrupted probe never costs training."""
+        paths = []
+        if epoch % 2 == 0 or epoch == self.last_epoch or probe_due:
+            paths.append(self.latest)
+        if self.save_freq and epoch % self.save_freq == 0:
+            paths.append(os.path.join(self.folder, f'model_{epoch}.pt'))
+        return paths
+
+    def write(self, state, paths, epoch):
+        for path in paths:
+            save(state, path)
+        if self.latest in paths:
+            self.newest_finite = (self.latest, epoch)
