@@ -52,7 +52,7 @@ def load(path, what='checkpoint'):
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:
         text = str(error)
-        if 'Unsupported global' in text or 'Unsupported class' in text:  # a pickled Python object
+        if 'unsupported global' in text.lower():  # a pickled Python object (a class, a function)
             raise InputError(f'{what} {path} holds Python objects beyond tensors and plain containers; '
                              f'refused, since loading it could run arbitrary code: {SAFE_LOAD_ADVICE}') from None
         reason = (text.splitlines() or [''])[0][:160]
@@ -108,7 +108,8 @@ class Checkpoints:
         """A fresh run must not replace a run's checkpoints (a resubmitted job would)."""
         found = self.existing()
         if found:
-            raise InputError(f'{self.folder} already holds {os.path.basename(found[-1])}'
+            named = self.latest if self.latest in found else found[-1]
+            raise InputError(f'{self.folder} already holds {os.path.basename(named)}'
                              f'{f" and {len(found) - 1} more checkpoint(s)" if len(found) > 1 else ""}: '
                              f'continue it with --resume, or choose another experiment name than {experiment!r} '
                              f'(--overwrite deletes them and starts over there)')

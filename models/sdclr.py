@@ -76,5 +76,5 @@ class PruneMask:
     @property
     def sparsity(self):
         """Fraction of zero mask entries over all prunable convs."""
-        zeros = sum(int((c.prune_mask == 0).sum()) for c in self.convs)
+        zeros = torch.stack([(c.prune_mask == 0).sum() for c in self.convs]).sum().item()  # one host sync
         return zeros / sum(c.prune_mask.numel() for c in self.convs)
