@@ -11,6 +11,7 @@ overwritten by accident.
 """
 import glob
 import os
+import shutil
 
 import torch
 
@@ -115,12 +116,13 @@ class Checkpoints:
                              f'(--overwrite deletes them and starts over there)')
 
     def remove_all(self):
-        """--overwrite: start over in this folder (checkpoints and their temp files, the log)."""
+        """--overwrite: start over in this folder (checkpoints and their temp files, log, metrics)."""
         for path in self.existing() + glob.glob(os.path.join(self.folder, 'model*.pt.tmp')):
             os.remove(path)
-        log = os.path.join(self.folder, 'log.txt')
-        if os.path.exists(log):
-            os.remove(log)
+        for name in ('log.txt', 'metrics.jsonl'):
+            if os.path.exists(os.path.join(self.folder, name)):
+                os.remove(os.path.join(self.folder, name))
+        shutil.rmtree(os.path.join(self.folder, 'tensorboard'), ignore_errors=True)
 
     def resumed_from(self, path, epoch):
         self.newest_finite = (path, epoch)

@@ -28,6 +28,7 @@ from utils import InputError
 PROBE_EPOCHS = 500
 PROBE_BATCH = 1000
 LR_START, LR_END, WEIGHT_DECAY = 1e-2, 1e-6, 5e-6
+GROUPS = ('many', 'medium', 'few')
 PERMUTATION_BLOCK = 2 ** 23  # indices drawn ahead per host-to-device copy (64 MB of int64 at most)
 
 
@@ -130,20 +131,22 @@ def linear_probe(train_features, train_labels, test_features, test_labels, num_c
     return probe_accuracy(weight, bias, test_features, test_labels, num_class)[0]
 
 
-def group_accuracy(per_class_acc, class_counts):
-    """Design 6: {'many', 'medium', 'few', 'std'} from per-class accuracy and D_i class counts.
+def class_groups(class_counts):
+    """Design 6: (many, medium, few), arrays of class ids. Classes are sorted by their count in
+    D_i, descending; ties keep ascending class order (stable sort). For C classes, Medium and Few
+    get C // 3 classes each and Many the rest: 34/33/33 for 100."""
+    order = np.argsort(-np.asarray(class_counts), kind='stable')
+    third = len(order) // 3
+    return tuple(np.split(order, [len(order) - 2 * third, len(order) - third]))
 
-    Classes are sorted by count, descending; ties keep ascending class order (stable sort).
-    For C classes, Medium and Few get C // 3 classes each and Many the rest: 34/33/33 for 100.
-    Std is the population std (numpy default) of the three group means.
-    """
+
+def group_accuracy(per_class_acc, class_counts):
+    """Design 6: {'many', 'medium', 'few', 'std'} from per-class accuracy and D_i class counts
+    (class_groups). Std is the population std (numpy default) of the three group means."""
     per_class_acc, class_counts = np.asarray(per_class_acc, dtype=np.float64), np.asarray(class_counts)
     if per_class_acc.shape != class_counts.shape or per_class_acc.ndim != 1:
         raise ValueError(f'need one accuracy per class count, got {per_class_acc.shape} and {class_counts.shape}')
-    order = np.argsort(-class_counts, kind='stable')
-    third = len(order) // 3
-    many, medium, few = np.split(per_class_acc[order], [len(order) - 2 * third, len(order) - third])
-    groups = {'many': float(many.mean()), 'medium': float(medium.mean()), 'few': float(few.mean())}
+    groups = {name: float(per_class_acc[ids].mean()) for name, ids in zip(GROUPS, class_groups(class_counts))}
     groups['std'] = float(np.std([groups['many'], groups['medium'], groups['few']]))
     return groups
 

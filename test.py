@@ -167,7 +167,8 @@ def run_probes(train_features, train_labels, test_features, test_labels, pool, i
             acc = accuracies[0]
             results[group] = {'top1': acc['top1'], 'top5': acc['top5'],
                               **group_accuracy(acc['per_class'], class_counts),
-                              'per_class': acc['per_class'].tolist()}
+                              'per_class': acc['per_class'].tolist(),
+                              'class_counts': np.asarray(class_counts).tolist()}  # of D_i, for plot.py
         else:
             top1 = [a['top1'] for a in accuracies]
             mean, std = mean_std(top1)

@@ -21,8 +21,9 @@ from checkpoint import Checkpoints
 from data.cifar100 import TwoViewCIFAR100, load_cifar100
 from data.memoboosted_cifar100 import MemoBoostedCIFAR100
 from data.sampler import EpochBatchSampler
-from eval_cifar import full_shot_eval, prepare_full_shot
+from eval_cifar import GROUPS, full_shot_eval, prepare_full_shot
 from losses.nt_xent import nt_xent
+from metrics import MetricsLog, bcl_weight_stats, check_tensorboard
 from models import build_model
 from models.utils import load_pretrained
 from preemption import Preempted, StopRequest, ignore_in_worker
@@ -104,6 +105,8 @@ def get_parser(sdclr):
                         help='keep loader workers alive across epochs (BCL weights still reach them)')
     parser.add_argument('--cudnn_benchmark', action='store_true',
                         help='fastest cuDNN kernels, not bit-reproducible (default: deterministic, as published)')
+    parser.add_argument('--tensorboard', action='store_true',
+                        help='also write metrics.jsonl\'s scalars to SAVE_DIR/EXPERIMENT/tensorboard')
     parser.set_defaults(sdclr=sdclr)
     return parser
 
@@ -283,7 +286,7 @@ def training_state(model, optimizer, momentum, dataset, args, epoch, steps_per_e
     """Everything a run needs to continue exactly (design 5), in plain types and tensors
     (checkpoint.load reads it with weights_only=True). `epoch` is the last finished epoch; a
     mid-epoch checkpoint adds `progress`: the steps done in the next epoch, its loss so far, the
-    prune masks the epoch started with (non-persistent buffers) and the epoch's log note."""
+    prune masks the epoch started with (non-persistent buffers) and before_epoch's metrics."""
     return {'epoch': epoch, 'state_dict': model.state_dict(), 'optim': optimizer.state_dict(),
             'scheduler': {'step': epoch * steps_per_epoch + (progress['step'] if progress else 0),
                           'total_steps': total_steps},
@@ -292,15 +295,16 @@ def training_state(model, optimizer, momentum, dataset, args, epoch, steps_per_e
             'rng': rng_state(device), 'args': vars(args), 'method': method_name(args), 'progress': progress}
 
 
-def mid_epoch_progress(model, epoch, progress, note):
+def mid_epoch_progress(model, epoch, progress, epoch_metrics):
     persistent = model.state_dict().keys()
     masks = {name: buffer.bool() for name, buffer in model.named_buffers() if name not in persistent}
     return {'epoch': epoch, 'step': progress.step, 'loss_sum': progress.loss_sum.item(), 'seen': progress.seen,
-            'masks': masks, 'note': note}
+            'masks': masks, 'epoch_metrics': epoch_metrics}
 
 
 def restore(state, model, optimizer, momentum, dataset, args, device):
-    """Load a training state into the run; returns (first epoch to run, EpochProgress or None, note)."""
+    """Load a training state into the run; returns (first epoch to run, EpochProgress or None, the
+    partial epoch's before_epoch metrics)."""
     model.load_state_dict(state['state_dict'])
     optimizer.load_state_dict(state['optim'])
     momentum.value.copy_(state['momentum_loss'])
@@ -314,7 +318,7 @@ def restore(state, model, optimizer, momentum, dataset, args, device):
     for name, mask in partial['masks'].items():
         buffers[name].copy_(mask)
     progress = EpochProgress(partial['step'], torch.tensor(partial['loss_sum'], device=device), partial['seen'])
-    return partial['epoch'], progress, partial['note']
+    return partial['epoch'], progress, partial['epoch_metrics']
 
 
 def prepare_folder(args, checkpoints, save_dir):
@@ -335,10 +339,13 @@ def run(args, step_fn, before_epoch=None):
 
     `step_fn(model, images, temperature, autocast)` runs forward and backward on one batch
     and returns the per-sample loss; `before_epoch(model, epoch, args)` runs at each epoch
-    start (SDCLR recomputes its prune mask there) and may return a note for the log line.
+    start (SDCLR recomputes its prune mask there) and returns a dict of metrics for the log
+    line and metrics.jsonl (or None).
     Every file the run needs is resolved before epoch 1; each epoch's checkpoint is written
     before its probe; SIGTERM/SIGINT end the run with a resumable checkpoint (Preempted).
     """
+    if args.tensorboard:
+        check_tensorboard()
     device = get_device(args.gpus)
     set_cudnn(device, args.cudnn_benchmark)
     set_seed(args.seed)
@@ -373,9 +380,9 @@ def run(args, step_fn, before_epoch=None):
         return args.lr * cosine_annealing(step, total_steps, 1, 1e-6 / args.lr,
                                           warmup_steps=WARMUP_EPOCHS * steps_per_epoch)
 
-    start_epoch, progress, note = 1, None, None
+    start_epoch, progress, epoch_metrics = 1, None, None
     if state is not None:
-        start_epoch, progress, note = restore(state, model, optimizer, momentum, dataset, args, device)
+        start_epoch, progress, epoch_metrics = restore(state, model, optimizer, momentum, dataset, args, device)
         where = f'epoch {start_epoch}, step {progress.step}' if progress else f'the end of epoch {state["epoch"]}'
         log.log(f'resumed from {resume_path} at {where}')
         del state
@@ -385,12 +392,13 @@ def run(args, step_fn, before_epoch=None):
         compile_model(model)
     log.log(f'{method_name(args)} arguments: {vars(args)}')
     log.log(f'device: {device}; split {args.trainSplit}: {class_distribution(dataset.class_counts)}')
+    history = MetricsLog(save_dir, start_epoch, args.tensorboard)
 
     with StopRequest() as stop:
         for epoch in range(start_epoch, args.epochs + 1):
             start = time.time()
             if progress is None:
-                note = before_epoch(model, epoch, args) if before_epoch is not None else None
+                epoch_metrics = before_epoch(model, epoch, args) if before_epoch is not None else None
             start_epoch_loader(loader, args.seed, epoch, progress.step if progress else 0)
             try:
                 progress = train_epoch(model, loader, optimizer, step_fn, momentum, epoch, args, lr_at, autocast,
@@ -401,19 +409,24 @@ def run(args, step_fn, before_epoch=None):
                                  f'would diverge again: start a new experiment (or --overwrite) with a lower '
                                  f'--lr') from None
             if progress.stopped:
-                partial = mid_epoch_progress(model, epoch, progress, note)
+                partial = mid_epoch_progress(model, epoch, progress, epoch_metrics)
                 stopped_state = training_state(model, optimizer, momentum, dataset, args, epoch - 1,
                                                steps_per_epoch, total_steps, device, partial)
                 checkpoints.check_finite(stopped_state, epoch, f'step {progress.step}')
                 checkpoints.write(stopped_state, [checkpoints.latest], epoch - 1)
                 raise Preempted(stop, log, f'at epoch {epoch}, step {progress.step}/{steps_per_epoch}: saved '
                                            f'{checkpoints.latest}')
+            train_s = time.time() - start
+            record = {'epoch': epoch, 'loss': progress.loss_sum.item() / progress.seen,
+                      'lr': optimizer.param_groups[0]['lr'], 'time_s': train_s,
+                      'images_per_s': progress.seen / train_s, **(epoch_metrics or {})}
             if args.bcl:  # design 1.4: new weights from this epoch's momentum losses
                 dataset.update_momentum_weight(momentum.value)
-            loss = progress.loss_sum.item() / progress.seen
+                record['bcl_weight'] = bcl_weight_stats(dataset.momentum_weight.numpy(), dataset.labels,
+                                                        dataset.class_counts)
             progress = None
-            line = (f'epoch {epoch}/{args.epochs} loss {loss:.4f} lr {optimizer.param_groups[0]["lr"]:.6g} '
-                    f'time {time.time() - start:.1f}s' + (f' {note}' if note else ''))
+            line = (f'epoch {epoch}/{args.epochs} loss {record["loss"]:.4f} lr {record["lr"]:.6g} time {train_s:.1f}s'
+                    + ''.join(f' {k} {v:.4f}' for k, v in (epoch_metrics or {}).items()))
             probe_due = bool(args.eval_freq) and epoch % args.eval_freq == 0
             epoch_state = training_state(model, optimizer, momentum, dataset, args, epoch, steps_per_epoch,
                                          total_steps, device)
@@ -426,9 +439,12 @@ def run(args, step_fn, before_epoch=None):
                     result = full_shot_eval(model, probe_data, device, num_workers=args.num_workers,
                                             amp=args.amp, channels_last=args.channels_last)
                 line += f' full-shot top1 {result["top1"]:.2f} top5 {result["top5"]:.2f}'
+                record['probe'] = {k: result[k] for k in ('top1', 'top5') + GROUPS}
             log.log(line)
+            history.append(record)
             if stop.requested and epoch < args.epochs:
                 raise Preempted(stop, log, f'after epoch {epoch}: saved {checkpoints.latest}')
+    history.close()
     return model, momentum
 
 

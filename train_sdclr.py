@@ -44,10 +44,10 @@ def prune_before_epoch(model, epoch, args):
     As in the published SDCLR loop, --prune_percent is the total: magnitude pruning takes
     prune_percent - random_prune_percent and a random random_prune_percent comes on top
     (with the default random_prune_percent 0 this is design 3's f = prune_percent).
-    Returns a note for the epoch's log line."""
+    Returns the epoch's sparsity for the log line and metrics.jsonl."""
     prune_mask = PruneMask(model)
     prune_mask.magnitude_prune(args.prune_percent - args.random_prune_percent, args.random_prune_percent)
-    return f"sparsity {prune_mask.sparsity:.4f}"
+    return {'sparsity': prune_mask.sparsity}
 
 
 def main(argv=None):

@@ -15,6 +15,7 @@ import train_sdclr
 from conftest import CUDA, gpus_flag
 from test_train import tiny_split
 from eval_cifar import linear_probe, probe_accuracy, train_probes
+from metrics import read_metrics
 from models import SDCLR, PruneMask, SimCLR
 from utils import InputError, get_device, rng_state, set_rng_state
 
@@ -147,3 +148,6 @@ def test_published_command_with_in_training_probe_on_device(device, synthetic_ci
     assert 1 < top1 <= 100  # the synthetic classes are easy: a probe does better than chance (1%)
     state = torch.load(tmp_path / 'BCL_D' / 'model.pt', weights_only=True)
     assert state['epoch'] == 1 and ('cuda' in state['rng']) == (device.type == 'cuda')
+    (record,) = read_metrics(tmp_path / 'BCL_D' / 'metrics.jsonl')  # issue 14: the probe in the run history
+    assert set(record['probe']) == {'top1', 'top5', 'many', 'medium', 'few'}
+    assert f'{record["probe"]["top1"]:.2f}' == f'{top1:.2f}' and record['sparsity'] == pytest.approx(0.9, abs=1e-6)

@@ -214,7 +214,7 @@ def test_fresh_run_never_replaces_a_run(base_args, tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in (tmp_path / 'x').iterdir()} == files  # nothing touched
 
     train.main(argv + ['--overwrite', '--epochs', '1', '--save_freq', '0'])
-    assert sorted(p.name for p in (tmp_path / 'x').iterdir()) == ['log.txt', 'model.pt']
+    assert sorted(p.name for p in (tmp_path / 'x').iterdir()) == ['log.txt', 'metrics.jsonl', 'model.pt']
     assert load(tmp_path / 'x' / 'model.pt')['epoch'] == 1
     assert (tmp_path / 'x' / 'log.txt').read_text().count('epoch 1/1') == 1
 
@@ -370,7 +370,7 @@ def test_eval_freq_zero_and_save_freq_zero(synthetic_cifar, synthetic_splits, ba
     assert not (tmp_path / 'x' / 'model.pt').exists()
     assert 'epoch 1/' not in (tmp_path / 'x' / 'log.txt').read_text() if (tmp_path / 'x' / 'log.txt').exists() else True
     train.main(argv)
-    assert sorted(p.name for p in (tmp_path / 'x').iterdir()) == ['log.txt', 'model.pt']
+    assert sorted(p.name for p in (tmp_path / 'x').iterdir()) == ['log.txt', 'metrics.jsonl', 'model.pt']
     assert 'full-shot' not in (tmp_path / 'x' / 'log.txt').read_text()
 
 

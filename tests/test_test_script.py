@@ -105,7 +105,7 @@ def test_results_json_structure_and_numbers(bcl_i_run, tiny):
     assert saved['checkpoint'] == os.path.abspath(str(path).replace('_results.json', '.pt'))
 
     full = saved['fullshot']
-    assert set(full) == {'top1', 'top5', 'many', 'medium', 'few', 'std', 'per_class'}
+    assert set(full) == {'top1', 'top5', 'many', 'medium', 'few', 'std', 'per_class', 'class_counts'}
     assert 0 <= full['top1'] <= full['top5'] <= 100
     assert len(full['per_class']) == 100 and all(0 <= a <= 100 for a in full['per_class'])
     assert np.mean(full['per_class']) == pytest.approx(full['top1'], abs=1e-4)  # one test image per class
@@ -113,6 +113,7 @@ def test_results_json_structure_and_numbers(bcl_i_run, tiny):
     from data.cifar100 import load_cifar100
     _, labels = load_cifar100(tiny, train=True)
     d_i = np.load(os.path.join(SPLIT_ROOT, SPLIT.format(k=2)))
+    assert full['class_counts'] == np.bincount(labels[d_i], minlength=100).tolist()
     groups = group_accuracy(full['per_class'], np.bincount(labels[d_i], minlength=100))
     assert {k: full[k] for k in groups} == pytest.approx(groups)
     assert full['std'] == pytest.approx(np.std([full['many'], full['medium'], full['few']]))

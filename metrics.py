@@ -1,0 +1,82 @@
+"""The run's history: one JSON line per finished epoch in `metrics.jsonl` beside `log.txt`, and the
+same scalars in TensorBoard with `--tensorboard`.
+
+A line holds: epoch, loss (mean per-sample loss), lr (the last step's), time_s (training time of
+the epoch), images_per_s, sparsity (SDCLR / BCL-D), probe {top1, top5, many, medium, few} when the
+in-training probe ran, and for BCL bcl_weight {many, medium, few}: per class group of D_i (design
+6's groups; null for a group without samples) the mean and the quantiles of the weights that epoch's update set (the ones the next
+epoch augments with). A resumed run first drops the lines of the epochs it will run again, so every
+epoch appears once.
+"""
+import json
+import os
+
+import numpy as np
+
+from eval_cifar import GROUPS, class_groups
+from utils import InputError
+
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+TENSORBOARD_HINT = '--tensorboard needs the tensorboard package: pip install tensorboard (or drop the flag)'
+
+
+def check_tensorboard():
+    """InputError before any work if --tensorboard cannot write."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise InputError(TENSORBOARD_HINT) from None
+
+
+def bcl_weight_stats(weights, labels, class_counts):
+    """{group: {'mean', 'q10', 'q25', 'q50', 'q75', 'q90'}} of the BCL weights of the samples whose
+    class is in that group (design 6's Many/Medium/Few of D_i)."""
+    weights, labels = np.asarray(weights, dtype=np.float64), np.asarray(labels)
+    stats = {}
+    for name, classes in zip(GROUPS, class_groups(class_counts)):
+        w = weights[np.isin(labels, classes)]
+        stats[name] = None if w.size == 0 else {  # None: no sample of the group in D_i (tiny splits only)
+            'mean': float(w.mean()), **{f'q{round(100 * q)}': float(v) for q, v in zip(QUANTILES, np.quantile(w, QUANTILES))}}
+    return stats
+
+
+def read_metrics(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _scalars(record, prefix=''):
+    for key, value in record.items():
+        if isinstance(value, dict):
+            yield from _scalars(value, f'{prefix}{key}/')
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != 'epoch':
+            yield f'{prefix}{key}', value
+
+
+class MetricsLog:
+    """Appends one line per epoch to FOLDER/metrics.jsonl (and to TensorBoard in FOLDER/tensorboard)."""
+
+    def __init__(self, folder, first_epoch, tensorboard=False):
+        self.path = os.path.join(folder, 'metrics.jsonl')
+        if os.path.exists(self.path):
+            kept = [r for r in read_metrics(self.path) if r['epoch'] < first_epoch]
+            tmp = f'{self.path}.tmp'
+            with open(tmp, 'w') as f:
+                f.writelines(json.dumps(r) + '\n' for r in kept)
+            os.replace(tmp, self.path)
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(folder, 'tensorboard'), purge_step=first_epoch)
+
+    def append(self, record):
+        with open(self.path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+        if self.writer is not None:
+            for name, value in _scalars(record):
+                self.writer.add_scalar(name, value, record['epoch'])
+            self.writer.flush()
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,145 @@
+"""Run history and plots (issue 14): metrics.jsonl after a run and after a resume, the BCL weight
+statistics against an independent computation, every plot's PNG and the arrays it draws."""
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import plot
+import train
+from data.cifar100 import load_cifar100
+from eval_cifar import class_groups
+from metrics import QUANTILES, read_metrics
+from test_train import tiny_split
+
+
+@pytest.fixture(scope='module')
+def bcl_run(synthetic_cifar, synthetic_splits, tmp_path_factory):
+    """BCL-I, 32 samples, 3 epochs, a checkpoint every epoch; then the same run again, resumed
+    from its epoch-1 checkpoint into the same folder (epochs 2 and 3 are trained twice)."""
+    folder = tmp_path_factory.mktemp('plot_run')
+    split = tiny_split(synthetic_splits, 32)
+    argv = ['BCL_I', '--bcl', '--rand_k', '1', '--epochs', '3', '--batch_size', '16', '--num_workers', '0',
+            '--gpus', 'cpu', '--data_folder', synthetic_cifar, '--trainSplit', split, '--save_dir', str(folder),
+            '--eval_freq', '0', '--save_freq', '1']
+    train.main(argv)
+    straight = read_metrics(folder / 'BCL_I' / 'metrics.jsonl')
+    train.main(argv + ['--resume', '--checkpoint', str(folder / 'BCL_I' / 'model_1.pt')])
+    return folder / 'BCL_I', straight, split
+
+
+def test_metrics_lines_after_a_run_and_after_a_resume(bcl_run, synthetic_cifar, synthetic_splits):
+    run, straight, split = bcl_run
+    records = read_metrics(run / 'metrics.jsonl')
+    assert [r['epoch'] for r in straight] == [1, 2, 3]
+    assert [r['epoch'] for r in records] == [1, 2, 3]  # epochs 2, 3 replaced, not duplicated
+    for before, after in zip(straight, records):  # the resumed run is the same run
+        assert before['loss'] == after['loss'] and before['lr'] == after['lr']
+        assert before['bcl_weight'] == after['bcl_weight']
+    log = (run / 'log.txt').read_text().splitlines()
+    for record in records:
+        assert record['time_s'] > 0 and record['images_per_s'] == pytest.approx(32 / record['time_s'])
+        line = [x for x in log if x.startswith(f'epoch {record["epoch"]}/3 ')][-1]
+        assert f'loss {record["loss"]:.4f}' in line and f'lr {record["lr"]:.6g}' in line
+        assert 'probe' not in record and 'sparsity' not in record
+
+    # the weights of epoch 3's update, per class group of D_i, computed here from the checkpoint
+    weights = torch.load(run / 'model_3.pt', weights_only=True)['momentum_weight'].numpy()
+    _, labels = load_cifar100(synthetic_cifar, train=True)
+    split_root, _ = synthetic_splits
+    labels = labels[np.load(f'{split_root}/{split}')]
+    counts = np.bincount(labels, minlength=100)
+    for group, classes in zip(('many', 'medium', 'few'), class_groups(counts)):
+        w = weights[np.isin(labels, classes)]
+        stats = records[-1]['bcl_weight'][group]
+        if w.size == 0:  # 32 samples: a group can be empty
+            assert stats is None
+            continue
+        assert stats['mean'] == pytest.approx(w.mean())
+        assert [stats[f'q{round(100 * q)}'] for q in QUANTILES] == pytest.approx(np.quantile(w, QUANTILES))
+
+
+def png_size(path):
+    assert path.stat().st_size > 1000
+    with Image.open(path) as image:
+        return image.size
+
+
+def test_run_plots_are_pngs_of_the_metrics(bcl_run):
+    run, _, _ = bcl_run
+    written = plot.main([str(run)])
+    assert sorted(written) == sorted([str(run / 'loss_lr.png'), str(run / 'bcl_weights.png')])  # no probe ran
+    assert all(png_size(run / name) == (800, 500) for name in ('loss_lr.png', 'bcl_weights.png'))
+
+    records = read_metrics(run / 'metrics.jsonl')
+    fig = plot.plot_loss_lr(records, 'run')
+    loss_axis, lr_axis = fig.axes
+    assert list(loss_axis.lines[0].get_xdata()) == [1, 2, 3]
+    assert list(loss_axis.lines[0].get_ydata()) == [r['loss'] for r in records]
+    assert list(lr_axis.lines[0].get_ydata()) == [r['lr'] for r in records]
+    fig = plot.plot_bcl_weights(records, 'run')
+    means = [list(line.get_ydata()) for line in fig.axes[0].lines]
+    present = [g for g in ('many', 'medium', 'few') if records[0]['bcl_weight'][g]]
+    assert means == [[r['bcl_weight'][g]['mean'] for r in records] for g in present] and means
+
+
+def test_probe_plot_draws_the_probe_results():
+    records = [{'epoch': e, 'loss': 5.0, 'lr': 0.1} for e in (1, 2, 3)]
+    assert plot.plot_probe(records, 'x') is None  # no probe ran
+    records[1]['probe'] = {'top1': 40.0, 'top5': 70.0, 'many': 50.0, 'medium': 40.0, 'few': 30.0}
+    records[2]['probe'] = {'top1': 45.0, 'top5': 72.0, 'many': 52.0, 'medium': 46.0, 'few': 37.0}
+    fig = plot.plot_probe(records, 'x')
+    lines = fig.axes[0].lines
+    assert [list(line.get_xdata()) for line in lines] == [[2, 3]] * 4
+    assert [list(line.get_ydata()) for line in lines] == [[40.0, 45.0], [50.0, 52.0], [40.0, 46.0], [30.0, 37.0]]
+
+
+def test_per_class_plot_of_results_files(tmp_path):
+    rng = np.random.default_rng(0)
+    counts = np.floor(450 * 0.01 ** (rng.permutation(100) / 99)).astype(int)
+    paths = []
+    for k, method in enumerate(('SimCLR', 'BCL-I')):
+        per_class = rng.uniform(0, 100, 100)
+        groups = {g: float(per_class[c].mean()) for g, c in zip(('many', 'medium', 'few'), class_groups(counts))}
+        result = {'method': method, 'model': 'SimCLR', 'probe_epochs': 500, '100shot': None, '50shot': None,
+                  'fullshot': {'top1': float(per_class.mean()), 'top5': 90.0, **groups, 'std': 1.0,
+                               'per_class': per_class.tolist(), 'class_counts': counts.tolist()}}
+        paths.append(tmp_path / f'{method}.json')
+        paths[-1].write_text(json.dumps(result))
+    assert plot.main([str(p) for p in paths]) == [str(tmp_path / 'per_class_accuracy.png')]
+    assert png_size(tmp_path / 'per_class_accuracy.png') == (800, 500)
+
+    results = [json.loads(p.read_text()) for p in paths]
+    fig = plot.plot_per_class(results, ['a', 'b'])
+    axis = fig.axes[0]
+    assert axis.get_xscale() == 'log'
+    scatters = [c for c in axis.collections if c.get_offsets().shape[0] == 100]  # one per file
+    assert len(scatters) == 2
+    for scatter, result in zip(scatters, results):
+        np.testing.assert_array_equal(scatter.get_offsets(), np.stack([counts, result['fullshot']['per_class']], 1))
+
+
+def test_plot_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        plot.main([str(tmp_path)])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == (f'error: {tmp_path} has no metrics.jsonl: pass a run folder '
+                                               f'(checkpoints/EXP) written by train.py / train_sdclr.py')
+
+
+def test_tensorboard_flag(bcl_run, synthetic_cifar, tmp_path, capsys):
+    run, _, split = bcl_run
+    argv = ['tb', '--epochs', '1', '--batch_size', '16', '--num_workers', '0', '--gpus', 'cpu', '--eval_freq', '0',
+            '--data_folder', synthetic_cifar, '--trainSplit', split, '--save_dir', str(tmp_path), '--tensorboard']
+    if importlib.util.find_spec('tensorboard') is None:
+        with pytest.raises(SystemExit):
+            train.main(argv)
+        assert capsys.readouterr().err.strip() == ('error: --tensorboard needs the tensorboard package: '
+                                                   'pip install tensorboard (or drop the flag)')
+        assert not (tmp_path / 'tb').exists()  # refused before any work
+    else:
+        train.main(argv)
+        assert list((tmp_path / 'tb' / 'tensorboard').glob('events.out.tfevents.*'))
