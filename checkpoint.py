@@ -3,27 +3,32 @@ overwritten by accident.
 
 - `save`: temp file beside the target, flushed and fsynced, renamed over it, folder fsynced;
   any failure removes the temp file and is a one-line InputError that says the target is unchanged.
-- `load`: `torch.load(weights_only=True)`: tensors and plain containers only, so a downloaded
-  file cannot run code; a file that needs more is refused with a one-line InputError.
+- `load`: `torch.load(weights_only=True)`: tensors, plain containers and plain numpy arrays only, so
+  a downloaded file cannot run code; a file that needs more is refused with a one-line InputError.
 - `non_finite`: the names of floating tensors holding NaN or inf, anywhere in a nested state.
 - `Checkpoints`: the policy of one experiment folder (what is saved when, which checkpoint is
   the newest finite one, refusing to start a fresh run over an existing one).
 """
+import errno
 import glob
 import os
 import shutil
 
+import numpy as np
 import torch
 
 from utils import InputError
 
+# Plain numpy arrays (data only; their contents go through the same restricted unpickler): the
+# previous checkpoint format stored numpy's RNG state as one, and those runs must stay resumable.
+NUMPY_ARRAYS = [(np._core if hasattr(np, '_core') else np.core).multiarray._reconstruct, np.ndarray, np.dtype,
+                *{type(np.dtype(t)) for t in (np.uint32, np.int64, np.float32, np.float64)}]
 SAFE_LOAD_ADVICE = ('if you trust the file, re-save what you need with plain torch types, e.g. '
                     "torch.save(torch.load(PATH, weights_only=False)['state_dict'], NEW_PATH)")
 
 
 def save(state, path):
     """Write `state` to `path` atomically (a crash leaves the old file or the new one, never half)."""
-    folder = os.path.dirname(os.path.abspath(path))
     tmp = f'{path}.tmp'
     try:
         with open(tmp, 'wb') as f:
@@ -31,18 +36,30 @@ def save(state, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        directory = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself survives a power loss
-        finally:
-            os.close(directory)
-    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+    except BaseException as error:  # the temp file never stays, whatever stopped the write
         if os.path.exists(tmp):
             os.remove(tmp)
+        if not isinstance(error, (OSError, RuntimeError)):  # torch.save reports a full disk as a RuntimeError
+            raise
         reason = getattr(error, 'strerror', None) or ' '.join(str(error).split())[:160]
         raise InputError(f'could not write checkpoint {path} ({reason}); {os.path.basename(path)} there is '
                          f'unchanged (the previous checkpoint is intact): free space or fix permissions, '
                          f'then continue with --resume') from None
+    _fsync_folder(os.path.dirname(os.path.abspath(path)))
+
+
+def _fsync_folder(folder):
+    """Make the rename durable. Some file systems (network, FUSE) cannot fsync a folder: the file
+    itself is already complete and in place, so that is not an error."""
+    try:
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
+            raise InputError(f'could not sync folder {folder} after writing a checkpoint ({error.strerror})') from None
 
 
 def load(path, what='checkpoint'):
@@ -50,7 +67,8 @@ def load(path, what='checkpoint'):
     if not os.path.isfile(path):
         raise InputError(f'{what} {path} does not exist: check the path')
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        with torch.serialization.safe_globals(NUMPY_ARRAYS):
+            return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:
         text = str(error)
         if 'unsupported global' in text.lower():  # a pickled Python object (a class, a function)
@@ -133,14 +151,17 @@ class Checkpoints:
         path, epoch = self.newest_finite
         return f'the newest finite checkpoint, {path} (epoch {epoch}), is kept'
 
+    def diverged(self, what):
+        """The InputError of a run whose loss or state became non-finite (`what` says where)."""
+        return InputError(f'training diverged: {what}; nothing was saved for it and {self.newest_finite_text()}. The '
+                          f'run is deterministic, so --resume would diverge again: start a new experiment (or '
+                          f'--overwrite) with a lower --lr')
+
     def check_finite(self, state, epoch, where):
         """InputError naming what is non-finite, the epoch and the newest finite checkpoint."""
         bad = non_finite(state)
         if bad:
-            raise InputError(f'training diverged: {len(bad)} tensor(s) are NaN or inf after {where} of epoch {epoch} '
-                             f'({describe(bad)}); nothing was saved and {self.newest_finite_text()}. The run is '
-                             f'deterministic, so --resume would diverge again: start a new experiment (or '
-                             f'--overwrite) with a lower --lr')
+            raise self.diverged(f'{len(bad)} tensor(s) are NaN or inf after {where} of epoch {epoch} ({describe(bad)})')
 
     def paths_due(self, epoch, probe_due):
         """The files to write at the end of `epoch`. model.pt also before every in-training probe, so

@@ -41,8 +41,18 @@ def bcl_weight_stats(weights, labels, class_counts):
 
 
 def read_metrics(path):
+    """The records of a metrics.jsonl. A last line cut short (a kill during its write) is dropped;
+    any other unreadable line is an InputError."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number < len(lines):
+                raise InputError(f'{path}: line {number} is not JSON; delete that line (or the file)') from None
+    return records
 
 
 def _scalars(record, prefix=''):

@@ -21,7 +21,7 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         if self.requested is not None:  # second signal: behave as if no handler were installed
-            signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))
+            signal.signal(signum, self.previous.get(signum) or signal.SIG_DFL)
             signal.raise_signal(signum)
             return
         self.requested = signal.Signals(signum).name

@@ -37,9 +37,10 @@ WORKER_SEED_STREAM = 1  # keyed_seed(seed, epoch, 1) seeds an epoch's loader wor
 RETRAIN_ADVICE = ('an SDCLR model (SDCLR/BCL-D): train from it with train_sdclr.py',
                   'a SimCLR model (SimCLR/BCL-I): train from it with train.py')
 # Arguments that define the method: a resumed run must use the checkpoint's values.
+# (--seed too: it keys each epoch's sample order, so a mid-epoch resume needs the same one.)
 METHOD_ARGS = ('trainSplit', 'model', 'batch_size', 'epochs', 'lr', 'weight_decay',
                'temperature', 'bcl', 'momentum_loss_beta', 'rand_k', 'rand_strength',
-               'prune_percent', 'random_prune_percent')
+               'prune_percent', 'random_prune_percent', 'seed')
 
 
 def str2bool(value):
@@ -281,55 +282,86 @@ def start_epoch_loader(loader, seed, epoch, start_step=0):
     loader.generator.manual_seed(keyed_seed(seed, epoch, WORKER_SEED_STREAM))
 
 
-def training_state(model, optimizer, momentum, dataset, args, epoch, steps_per_epoch, total_steps, device,
-                   progress=None):
-    """Everything a run needs to continue exactly (design 5), in plain types and tensors
-    (checkpoint.load reads it with weights_only=True). `epoch` is the last finished epoch; a
-    mid-epoch checkpoint adds `progress`: the steps done in the next epoch, its loss so far, the
-    prune masks the epoch started with (non-persistent buffers) and before_epoch's metrics."""
-    return {'epoch': epoch, 'state_dict': model.state_dict(), 'optim': optimizer.state_dict(),
-            'scheduler': {'step': epoch * steps_per_epoch + (progress['step'] if progress else 0),
-                          'total_steps': total_steps},
-            'momentum_loss': momentum.value,
-            'momentum_weight': dataset.momentum_weight.clone() if args.bcl else None,
-            'rng': rng_state(device), 'args': vars(args), 'method': method_name(args), 'progress': progress}
+@dataclass
+class Parts:
+    """What a checkpoint captures of a run, and how to save and restore it (design 5: everything
+    needed to continue exactly)."""
+    args: argparse.Namespace
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    momentum: MomentumLoss
+    dataset: TwoViewCIFAR100
+    device: torch.device
+    steps_per_epoch: int
+
+    def state(self, epoch, progress=None):
+        """The training state after `epoch` finished epochs, in plain types and tensors (checkpoint.load
+        reads it with weights_only=True). A mid-epoch state adds `progress` (mid_epoch)."""
+        args = self.args
+        return {'epoch': epoch, 'state_dict': self.model.state_dict(), 'optim': self.optimizer.state_dict(),
+                'scheduler': {'step': epoch * self.steps_per_epoch + (progress['step'] if progress else 0),
+                              'total_steps': args.epochs * self.steps_per_epoch},
+                'momentum_loss': self.momentum.value,
+                'momentum_weight': self.dataset.momentum_weight.clone() if args.bcl else None,
+                'rng': rng_state(self.device), 'args': vars(args), 'method': method_name(args), 'progress': progress}
+
+    def mid_epoch(self, epoch, progress, epoch_metrics):
+        """The state of a run stopped inside `epoch`: the steps done, the epoch's loss so far, the prune
+        masks the epoch started with (non-persistent buffers) and before_epoch's metrics."""
+        persistent = self.model.state_dict().keys()
+        masks = {name: b.bool() for name, b in self.model.named_buffers() if name not in persistent}
+        return self.state(epoch - 1, {'epoch': epoch, 'step': progress.step, 'loss_sum': progress.loss_sum.item(),
+                                      'seen': progress.seen, 'masks': masks, 'epoch_metrics': epoch_metrics})
+
+    def restore(self, state):
+        """Load a training state; returns (first epoch to run, EpochProgress or None, the partial
+        epoch's before_epoch metrics)."""
+        self.model.load_state_dict(state['state_dict'])
+        self.optimizer.load_state_dict(state['optim'])
+        self.momentum.value.copy_(state['momentum_loss'])
+        if self.args.bcl:
+            self.dataset.momentum_weight.copy_(state['momentum_weight'])
+        set_rng_state(state['rng'], self.device)
+        partial = state.get('progress')
+        if partial is None:
+            return state['epoch'] + 1, None, None
+        buffers = dict(self.model.named_buffers())
+        for name, mask in partial['masks'].items():
+            buffers[name].copy_(mask)
+        progress = EpochProgress(partial['step'], torch.tensor(partial['loss_sum'], device=self.device),
+                                 partial['seen'])
+        return partial['epoch'], progress, partial['epoch_metrics']
 
 
-def mid_epoch_progress(model, epoch, progress, epoch_metrics):
-    persistent = model.state_dict().keys()
-    masks = {name: buffer.bool() for name, buffer in model.named_buffers() if name not in persistent}
-    return {'epoch': epoch, 'step': progress.step, 'loss_sum': progress.loss_sum.item(), 'seen': progress.seen,
-            'masks': masks, 'epoch_metrics': epoch_metrics}
+def epoch_record(epoch, progress, seen_before, train_s, lr, epoch_metrics):
+    """metrics.jsonl's line of a finished epoch (the BCL weights and the probe are added later)."""
+    return {'epoch': epoch, 'loss': progress.loss_sum.item() / progress.seen, 'lr': lr, 'time_s': train_s,
+            'images_per_s': (progress.seen - seen_before) / train_s, **(epoch_metrics or {})}
 
 
-def restore(state, model, optimizer, momentum, dataset, args, device):
-    """Load a training state into the run; returns (first epoch to run, EpochProgress or None, the
-    partial epoch's before_epoch metrics)."""
-    model.load_state_dict(state['state_dict'])
-    optimizer.load_state_dict(state['optim'])
-    momentum.value.copy_(state['momentum_loss'])
+def training_data(args):
+    """Design 1: the pre-training dataset of the split (it indexes the CIFAR-100 train set), and the
+    in-training probe's data when a probe will run; everything read and checked before epoch 1."""
+    _, train_labels = load_cifar100(args.data_folder, train=True)
+    indices = load_split(args.trainSplit, len(train_labels))
     if args.bcl:
-        dataset.momentum_weight.copy_(state['momentum_weight'])
-    set_rng_state(state['rng'], device)
-    partial = state.get('progress')
-    if partial is None:
-        return state['epoch'] + 1, None, None
-    buffers = dict(model.named_buffers())
-    for name, mask in partial['masks'].items():
-        buffers[name].copy_(mask)
-    progress = EpochProgress(partial['step'], torch.tensor(partial['loss_sum'], device=device), partial['seen'])
-    return partial['epoch'], progress, partial['epoch_metrics']
+        dataset = MemoBoostedCIFAR100(args.data_folder, indices, args.rand_k, args.rand_strength)
+    else:
+        dataset = TwoViewCIFAR100(args.data_folder, indices)
+    if len(dataset) < 2:
+        raise InputError(f'split {args.trainSplit} holds {len(dataset)} image(s): contrastive training needs at least 2')
+    probes = bool(args.eval_freq) and args.eval_freq <= args.epochs
+    return dataset, prepare_full_shot(args.data_folder, args.trainSplit, '--eval_freq 0') if probes else None
 
 
 def prepare_folder(args, checkpoints, save_dir):
-    """Resume from a checkpoint, or make sure a fresh run replaces nothing (--overwrite to start over)."""
+    """The checkpoint to resume, or (None, None) for a fresh run, which must replace nothing
+    unless --overwrite (whose deletion waits until every input has been read: start_over)."""
     if args.resume:
         path, state = load_resume_checkpoint(args, save_dir)
         checkpoints.resumed_from(path, state['epoch'])
         return path, state
-    if args.overwrite:
-        checkpoints.remove_all()
-    else:
+    if not args.overwrite:
         checkpoints.refuse_fresh_run_over(args.experiment)
     return None, None
 
@@ -352,17 +384,8 @@ def run(args, step_fn, before_epoch=None):
     save_dir = make_save_dir(args)
     checkpoints = Checkpoints(save_dir, args.save_freq, args.epochs)
     resume_path, state = prepare_folder(args, checkpoints, save_dir)
-    log = Logger(os.path.join(save_dir, 'log.txt'))
 
-    # data (design 1): the split indexes the CIFAR-100 train set
-    _, train_labels = load_cifar100(args.data_folder, train=True)
-    indices = load_split(args.trainSplit, len(train_labels))
-    if args.bcl:
-        dataset = MemoBoostedCIFAR100(args.data_folder, indices, args.rand_k, args.rand_strength)
-    else:
-        dataset = TwoViewCIFAR100(args.data_folder, indices)
-    probes = bool(args.eval_freq) and args.eval_freq <= args.epochs
-    probe_data = prepare_full_shot(args.data_folder, args.trainSplit, '--eval_freq 0') if probes else None
+    dataset, probe_data = training_data(args)
     sampler = EpochBatchSampler(len(dataset), args.batch_size, args.seed)
     loader = make_loader(dataset, sampler, args, device)
 
@@ -373,18 +396,22 @@ def run(args, step_fn, before_epoch=None):
     model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     momentum = MomentumLoss(len(dataset), args.momentum_loss_beta, device)
-    steps_per_epoch = sampler.steps_per_epoch
-    total_steps = args.epochs * steps_per_epoch
+    parts = Parts(args, model, optimizer, momentum, dataset, device, sampler.steps_per_epoch)
+    steps_per_epoch, total_steps = sampler.steps_per_epoch, args.epochs * sampler.steps_per_epoch
 
     def lr_at(step):  # design 5: warm-up over 10 epochs, cosine to 1e-6
         return args.lr * cosine_annealing(step, total_steps, 1, 1e-6 / args.lr,
                                           warmup_steps=WARMUP_EPOCHS * steps_per_epoch)
 
+    if args.overwrite and not args.resume:  # every input read: only now delete the old run
+        checkpoints.remove_all()
+    log = Logger(os.path.join(save_dir, 'log.txt'))
     start_epoch, progress, epoch_metrics = 1, None, None
     if state is not None:
-        start_epoch, progress, epoch_metrics = restore(state, model, optimizer, momentum, dataset, args, device)
+        start_epoch, progress, epoch_metrics = parts.restore(state)
         where = f'epoch {start_epoch}, step {progress.step}' if progress else f'the end of epoch {state["epoch"]}'
-        log.log(f'resumed from {resume_path} at {where}')
+        log.log(f'resumed from {resume_path} at {where}'
+                + ('; the run is complete, nothing left to train' if start_epoch > args.epochs else ''))
         del state
 
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == 'bf16')  # noqa: E731
@@ -396,7 +423,7 @@ def run(args, step_fn, before_epoch=None):
 
     with StopRequest() as stop:
         for epoch in range(start_epoch, args.epochs + 1):
-            start = time.time()
+            start, seen_before = time.time(), progress.seen if progress else 0
             if progress is None:
                 epoch_metrics = before_epoch(model, epoch, args) if before_epoch is not None else None
             start_epoch_loader(loader, args.seed, epoch, progress.step if progress else 0)
@@ -404,22 +431,15 @@ def run(args, step_fn, before_epoch=None):
                 progress = train_epoch(model, loader, optimizer, step_fn, momentum, epoch, args, lr_at, autocast,
                                        device, memory_format, steps_per_epoch, progress, stop)
             except Diverged as error:
-                raise InputError(f'training diverged: {error}; nothing was saved for this epoch and '
-                                 f'{checkpoints.newest_finite_text()}. The run is deterministic, so --resume '
-                                 f'would diverge again: start a new experiment (or --overwrite) with a lower '
-                                 f'--lr') from None
+                raise checkpoints.diverged(str(error)) from None
             if progress.stopped:
-                partial = mid_epoch_progress(model, epoch, progress, epoch_metrics)
-                stopped_state = training_state(model, optimizer, momentum, dataset, args, epoch - 1,
-                                               steps_per_epoch, total_steps, device, partial)
+                stopped_state = parts.mid_epoch(epoch, progress, epoch_metrics)
                 checkpoints.check_finite(stopped_state, epoch, f'step {progress.step}')
                 checkpoints.write(stopped_state, [checkpoints.latest], epoch - 1)
                 raise Preempted(stop, log, f'at epoch {epoch}, step {progress.step}/{steps_per_epoch}: saved '
                                            f'{checkpoints.latest}')
             train_s = time.time() - start
-            record = {'epoch': epoch, 'loss': progress.loss_sum.item() / progress.seen,
-                      'lr': optimizer.param_groups[0]['lr'], 'time_s': train_s,
-                      'images_per_s': progress.seen / train_s, **(epoch_metrics or {})}
+            record = epoch_record(epoch, progress, seen_before, train_s, optimizer.param_groups[0]['lr'], epoch_metrics)
             if args.bcl:  # design 1.4: new weights from this epoch's momentum losses
                 dataset.update_momentum_weight(momentum.value)
                 record['bcl_weight'] = bcl_weight_stats(dataset.momentum_weight.numpy(), dataset.labels,
@@ -428,8 +448,7 @@ def run(args, step_fn, before_epoch=None):
             line = (f'epoch {epoch}/{args.epochs} loss {record["loss"]:.4f} lr {record["lr"]:.6g} time {train_s:.1f}s'
                     + ''.join(f' {k} {v:.4f}' for k, v in (epoch_metrics or {}).items()))
             probe_due = bool(args.eval_freq) and epoch % args.eval_freq == 0
-            epoch_state = training_state(model, optimizer, momentum, dataset, args, epoch, steps_per_epoch,
-                                         total_steps, device)
+            epoch_state = parts.state(epoch)
             checkpoints.check_finite(epoch_state, epoch, 'the end')
             paths = checkpoints.paths_due(epoch, probe_due or stop.requested)
             checkpoints.write(epoch_state, paths, epoch)
@@ -443,6 +462,8 @@ def run(args, step_fn, before_epoch=None):
             log.log(line)
             history.append(record)
             if stop.requested and epoch < args.epochs:
+                if checkpoints.latest not in paths:  # the signal came after this epoch's save
+                    checkpoints.write(parts.state(epoch), [checkpoints.latest], epoch)
                 raise Preempted(stop, log, f'after epoch {epoch}: saved {checkpoints.latest}')
     history.close()
     return model, momentum
@@ -456,6 +477,8 @@ def main(argv=None, sdclr=False, step_fn=simclr_step, before_epoch=None):
         fail(str(error))
     except Preempted as stopped:
         fail(str(stopped), code=stopped.code)
+    except KeyboardInterrupt:  # Ctrl-C before training started (afterwards: Preempted) or a second Ctrl-C
+        fail('interrupted; the newest checkpoint written so far is intact: continue with --resume', code=130)
 
 
 if __name__ == '__main__':

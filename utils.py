@@ -90,11 +90,18 @@ def set_rng_state(state, device=None):
     """Restore rng_state(); the CUDA state (if stored and resuming on CUDA) goes to `device`."""
     random.setstate(state['python'])
     numpy = state['numpy']
-    np.random.set_state((numpy['kind'], numpy['keys'].numpy().astype(np.uint32), numpy['position'],
-                         numpy['has_gauss'], numpy['cached_gaussian']))
+    if isinstance(numpy, dict):
+        numpy = (numpy['kind'], numpy['keys'].numpy().astype(np.uint32), numpy['position'], numpy['has_gauss'],
+                 numpy['cached_gaussian'])
+    np.random.set_state(numpy)  # a tuple: a checkpoint of the previous format
     torch.set_rng_state(state['torch'])
     if device is not None and torch.device(device).type == 'cuda' and 'cuda' in state:
-        torch.cuda.set_rng_state(state['cuda'], device)
+        cuda = state['cuda']
+        if isinstance(cuda, (list, tuple)):  # the previous format: every visible GPU's state
+            index = torch.device(device).index or 0
+            cuda = cuda[index] if index < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
 
 
 class AverageMeter:

@@ -42,7 +42,6 @@ def synthetic_splits(synthetic_cifar):
 # Tests whose behaviour depends on the device take the `device` fixture: they run on the CPU
 # and, where CUDA is present, on CUDA as well; without CUDA the CUDA half is skipped, and the
 # summary says so in one line.
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 CUDA = torch.cuda.is_available()

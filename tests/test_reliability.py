@@ -118,6 +118,10 @@ def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_run(base_args, t
     assert sorted(epoch2) == list(range(32))  # each sample once in the interrupted epoch
     (straight_steps,) = [json.loads(line) for line in (tmp_path / 'straight.json').read_text().splitlines()]
     assert before + after == straight_steps  # the same batches, in the same order
+    from metrics import read_metrics
+    records = read_metrics(tmp_path / 'BCL_D' / 'metrics.jsonl')
+    assert [r['epoch'] for r in records] == [1, 2, 3]
+    assert round(records[1]['images_per_s'] * records[1]['time_s']) == 16  # the 2 steps run after the resume
 
 
 def test_sigterm_to_the_process_group_with_loader_workers(base_args, tmp_path):
@@ -470,3 +474,84 @@ def test_evaluation_shows_progress(synthetic_cifar, synthetic_splits, monkeypatc
     full_shot_eval(Pixels(), prepare_full_shot(synthetic_cifar, f'{family}/{SUBSETS}/cifar100_split1_D_i.npy'),
                    torch.device('cpu'), probe_epochs=2)
     assert descs == ['features (train list)', 'features (test set)', 'full-shot probe']
+
+
+# ----------------------------------------------------------------------------- review findings
+
+def test_resume_needs_the_same_seed(base_args, tmp_path, capsys):
+    """The seed keys each epoch's sample order: a different one would break a mid-epoch resume."""
+    train.main(['x'] + base_args(tmp_path, epochs=2))
+    message = one_line_error(train.main, ['x'] + base_args(tmp_path, epochs=2) + ['--resume', '--seed', '11'], capsys)
+    assert 'was trained with --seed 10, not 11' in message
+
+
+def test_signal_after_an_unsaved_epoch_end_still_saves(base_args, tmp_path, monkeypatch, capsys):
+    """SIGTERM while epoch 1 (odd: no model.pt due) is being logged: model.pt of epoch 1 is written
+    before the exit, so the advice to --resume holds."""
+    append = train.MetricsLog.append
+
+    def append_then_signal(self, record):
+        append(self, record)
+        os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(train.MetricsLog, 'append', append_then_signal)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(['x'] + base_args(tmp_path, epochs=3) + ['--save_freq', '0'])
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert 'stopped by SIGTERM after epoch 1: saved' in capsys.readouterr().err
+    state = load(tmp_path / 'x' / 'model.pt')
+    assert state['epoch'] == 1 and state['progress'] is None
+
+
+def test_overwrite_deletes_only_once_every_input_was_read(base_args, tmp_path, capsys):
+    argv = ['x'] + base_args(tmp_path, epochs=1)
+    train.main(argv)
+    before = (tmp_path / 'x' / 'model.pt').read_bytes()
+    bad = list(argv)
+    bad[bad.index('--trainSplit') + 1] = 'nowhere/cifar100_imbSub_with_subsets/typo_D_i.npy'
+    one_line_error(train.main, bad + ['--overwrite'], capsys)
+    assert (tmp_path / 'x' / 'model.pt').read_bytes() == before  # a typo destroys nothing
+    # starting over from the folder's own weights: they are read before the folder is cleared
+    train.main(argv + ['--overwrite', '--checkpoint', str(tmp_path / 'x' / 'model.pt')])
+    assert load(tmp_path / 'x' / 'model.pt')['epoch'] == 1
+    assert 'epoch 1/1' in (tmp_path / 'x' / 'log.txt').read_text()
+
+
+def test_folder_fsync_unsupported_is_not_an_error(tmp_path, monkeypatch):
+    fsync = os.fsync
+
+    def no_folder_fsync(fd):
+        if os.path.isdir(os.path.realpath(f'/proc/self/fd/{fd}')):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        fsync(fd)
+    monkeypatch.setattr(os, 'fsync', no_folder_fsync)
+    checkpoint.save({'w': torch.ones(2)}, str(tmp_path / 'model.pt'))
+    assert torch.equal(load(tmp_path / 'model.pt')['w'], torch.ones(2))
+
+
+def test_one_image_split_is_a_one_line_error(synthetic_splits, base_args, tmp_path, capsys):
+    split_root, family = synthetic_splits
+    name = f'{family}/{SUBSETS}/one_D_i.npy'
+    np.save(os.path.join(split_root, name), np.array([5]))
+    argv = ['x'] + base_args(tmp_path)
+    argv[argv.index('--trainSplit') + 1] = name
+    assert 'holds 1 image(s): contrastive training needs at least 2' in one_line_error(train.main, argv, capsys)
+
+
+def test_resume_after_a_cut_metrics_line_and_from_the_previous_checkpoint_format(base_args, tmp_path):
+    """A kill while metrics.jsonl was written leaves half a line; and checkpoints of the previous
+    format (numpy RNG state as an array, a list of CUDA states, no progress) still resume."""
+    argv = ['x'] + base_args(tmp_path, epochs=3)
+    train.main(argv)
+    with open(tmp_path / 'x' / 'metrics.jsonl', 'a') as f:
+        f.write('{"epoch": 4, "loss"')
+    state = load(tmp_path / 'x' / 'model_2.pt')
+    numpy_state = state['rng']['numpy']
+    state['rng']['numpy'] = (numpy_state['kind'], numpy_state['keys'].numpy().astype(np.uint32),
+                             numpy_state['position'], numpy_state['has_gauss'], numpy_state['cached_gaussian'])
+    state['rng']['cuda'] = []
+    del state['progress']
+    torch.save(state, tmp_path / 'x' / 'model_2.pt')
+    train.main(argv + ['--resume', '--checkpoint', str(tmp_path / 'x' / 'model_2.pt')])
+    from metrics import read_metrics
+    assert [r['epoch'] for r in read_metrics(tmp_path / 'x' / 'metrics.jsonl')] == [1, 2, 3]
+    assert load(tmp_path / 'x' / 'model.pt')['epoch'] == 3

@@ -1,6 +1,5 @@
 """utils.py: schedule, meter, logger, atomic save, seeding and RNG state."""
 import math
-import os
 import random
 
 import numpy as np
