@@ -140,6 +140,12 @@ def test_tensorboard_flag(bcl_run, synthetic_cifar, tmp_path, capsys):
         assert capsys.readouterr().err.strip() == ('error: --tensorboard needs the tensorboard package: '
                                                    'pip install tensorboard (or drop the flag)')
         assert not (tmp_path / 'tb').exists()  # refused before any work
-    else:
+    else:  # the same scalars as metrics.jsonl
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
         train.main(argv)
-        assert list((tmp_path / 'tb' / 'tensorboard').glob('events.out.tfevents.*'))
+        events = EventAccumulator(str(tmp_path / 'tb' / 'tensorboard'))
+        events.Reload()
+        (record,) = read_metrics(tmp_path / 'tb' / 'metrics.jsonl')
+        assert {'loss', 'lr', 'time_s', 'images_per_s'} <= set(events.Tags()['scalars'])
+        (loss,) = events.Scalars('loss')
+        assert loss.step == 1 and loss.value == pytest.approx(record['loss'], rel=1e-6)
