@@ -38,31 +38,41 @@ def plot_loss_lr(records, title):
     return fig
 
 
-def plot_probe(records, title):
-    """None when no in-training probe ran."""
-    probed = [r for r in records if 'probe' in r]
-    if not probed:
+def _epochs_with(records, key):
+    """(the records that hold `key`, their epochs, a new figure and its axis), or None if none does."""
+    holding = [r for r in records if key in r]
+    if not holding:
         return None
-    epochs = [r['epoch'] for r in probed]
-    fig, axis = plt.subplots(figsize=FIGSIZE, dpi=DPI)
-    axis.plot(epochs, [r['probe']['top1'] for r in probed], 'k-o', label='all classes (top-1)')
-    for group in GROUPS:
-        axis.plot(epochs, [r['probe'][group] for r in probed], '-o', color=GROUP_COLOURS[group],
-                  label=f'{group.capitalize()} classes')
+    return (holding, [r['epoch'] for r in holding], *plt.subplots(figsize=FIGSIZE, dpi=DPI))
+
+
+def _finish(fig, axis, ylabel, title):
     axis.set_xlabel('epoch')
-    axis.set_ylabel('full-shot linear probe top-1 accuracy (%)')
-    axis.set_title(f'{title}: in-training full-shot probe')
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
     axis.legend()
     return fig
 
 
+def plot_probe(records, title):
+    """None when no in-training probe ran."""
+    found = _epochs_with(records, 'probe')
+    if found is None:
+        return None
+    probed, epochs, fig, axis = found
+    axis.plot(epochs, [r['probe']['top1'] for r in probed], 'k-o', label='all classes (top-1)')
+    for group in GROUPS:
+        axis.plot(epochs, [r['probe'][group] for r in probed], '-o', color=GROUP_COLOURS[group],
+                  label=f'{group.capitalize()} classes')
+    return _finish(fig, axis, 'full-shot linear probe top-1 accuracy (%)', f'{title}: in-training full-shot probe')
+
+
 def plot_bcl_weights(records, title):
     """None for a run without BCL."""
-    weighted = [r for r in records if 'bcl_weight' in r]
-    if not weighted:
+    found = _epochs_with(records, 'bcl_weight')
+    if found is None:
         return None
-    epochs = [r['epoch'] for r in weighted]
-    fig, axis = plt.subplots(figsize=FIGSIZE, dpi=DPI)
+    weighted, epochs, fig, axis = found
     for group in GROUPS:
         present = [(e, r['bcl_weight'][group]) for e, r in zip(epochs, weighted) if r['bcl_weight'][group]]
         if not present:  # no sample of this group in D_i
@@ -73,11 +83,8 @@ def plot_bcl_weights(records, title):
         axis.fill_between(group_epochs, [s['q25'] for s in stats], [s['q75'] for s in stats], color=colour, alpha=0.25)
         axis.plot(group_epochs, [s['mean'] for s in stats], color=colour, label=f'{group.capitalize()} classes (mean)')
     axis.set_ylim(0, 1)
-    axis.set_xlabel('epoch')
-    axis.set_ylabel('BCL weight w (bands: 25-75% and 10-90% quantiles)')
-    axis.set_title(f'{title}: memorisation weight per class group of D_i')
-    axis.legend()
-    return fig
+    return _finish(fig, axis, 'BCL weight w (bands: 25-75% and 10-90% quantiles)',
+                   f'{title}: memorisation weight per class group of D_i')
 
 
 def plot_per_class(results, labels):
