@@ -19,6 +19,7 @@ import checkpoint
 import train
 import train_sdclr
 from data.randaug import RandAugmentProb
+from conftest import gpus_flag
 from data.sampler import EpochBatchSampler
 from models import SDCLR, SimCLR, load_pretrained
 from test_train import PUBLISHED, SUBSETS, tiny_split
@@ -87,13 +88,14 @@ def drive(argv, record, kill_at=-1):
     return subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_run(base_args, tmp_path):
+def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_run(base_args, tmp_path, device):
     """BCL-D, 32 samples in batches of 8 (4 steps per epoch), 3 epochs. SIGTERM at epoch 2 step 2:
     the step finishes, a resumable model.pt is written, exit 143 with one line. --resume runs the
     rest; every sample is seen once in epoch 2, and the end state equals an uninterrupted run bit
-    for bit (--num_workers 0: the views come from the restored RNG state)."""
+    for bit (--num_workers 0: the views come from the restored RNG state). On CUDA the same, with the
+    default deterministic cuDNN: the prune masks and the epoch's loss are restored onto the device."""
     _, command = PUBLISHED['BCL-D']
-    argv = command.split() + base_args(tmp_path, epochs=3, batch=8) + ['--save_freq', '0']
+    argv = command.split() + base_args(tmp_path, epochs=3, batch=8) + ['--save_freq', '0', '--gpus', gpus_flag(device)]
     straight = drive(argv + ['--save_dir', str(tmp_path / 'straight')], tmp_path / 'straight.json')
     assert straight.returncode == 0, straight.stderr
 
@@ -161,10 +163,10 @@ def poisoning_step(at_call, poison):
     return step
 
 
-def test_inf_in_a_batchnorm_buffer_stops_before_saving(base_args, tmp_path, capsys):
+def test_inf_in_a_batchnorm_buffer_stops_before_saving(base_args, tmp_path, capsys, device):
     """running_var = inf after epoch 3's last step (2 steps per epoch): the loss stays finite, the
     state check catches it; model.pt of epoch 2 is kept byte for byte."""
-    argv = ['x'] + base_args(tmp_path, epochs=4)
+    argv = ['x'] + base_args(tmp_path, epochs=4) + ['--gpus', gpus_flag(device)]  # the check runs on the device
     train.main(argv[:argv.index('--epochs') + 1] + ['2'] + argv[argv.index('--epochs') + 2:])
     kept = (tmp_path / 'x' / 'model.pt').read_bytes()
 
