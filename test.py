@@ -77,6 +77,8 @@ def get_parser():
     parser.add_argument('--compile', action='store_true', help='torch.compile the feature extractor')
     parser.add_argument('--cudnn_benchmark', action='store_true',
                         help='fastest cuDNN kernels, not bit-reproducible (default: deterministic, as published)')
+    parser.add_argument('--tf32', action='store_true',
+                        help='TF32 tensor cores for float32 convolutions and matmuls on CUDA (default: off, exact float32)')
     parser.add_argument('--table', nargs='+', metavar='RESULTS', default=None,
                         help='print the design 7 table from these results files and exit')
     return parser
@@ -107,7 +109,7 @@ def evaluate(args, output):
     network = args.model or saved_args.get('model') or 'resnet18'
 
     device = get_device(args.gpus)
-    set_cudnn(device, args.cudnn_benchmark)
+    set_cudnn(device, args.cudnn_benchmark, args.tf32)
     set_seed(args.seed)
     del checkpoint
     # by path, so that its errors name the file (it reads the file again: well under a second)

@@ -106,6 +106,8 @@ def get_parser(sdclr):
                         help='keep loader workers alive across epochs (BCL weights still reach them)')
     parser.add_argument('--cudnn_benchmark', action='store_true',
                         help='fastest cuDNN kernels, not bit-reproducible (default: deterministic, as published)')
+    parser.add_argument('--tf32', action='store_true',
+                        help='TF32 tensor cores for float32 convolutions and matmuls on CUDA (default: off, exact float32)')
     parser.add_argument('--tensorboard', action='store_true',
                         help='also write metrics.jsonl\'s scalars to SAVE_DIR/EXPERIMENT/tensorboard')
     parser.set_defaults(sdclr=sdclr)
@@ -379,7 +381,7 @@ def run(args, step_fn, before_epoch=None):
     if args.tensorboard:
         check_tensorboard()
     device = get_device(args.gpus)
-    set_cudnn(device, args.cudnn_benchmark)
+    set_cudnn(device, args.cudnn_benchmark, args.tf32)
     set_seed(args.seed)
     save_dir = make_save_dir(args)
     checkpoints = Checkpoints(save_dir, args.save_freq, args.epochs)

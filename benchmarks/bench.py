@@ -57,7 +57,7 @@ What is timed:
 
 Configurations: default (train.py as it runs without flags: deterministic cuDNN, as published),
 bf16 (--amp bf16), channels_last, compile, persistent (--persistent_workers), cudnn_benchmark
-(--cudnn_benchmark) and all (every flag).
+(--cudnn_benchmark), tf32 (--tf32) and all (every flag).
 """
 import argparse
 import hashlib
@@ -112,7 +112,8 @@ CONFIGS = {
     'compile': dict(compile=True),
     'persistent': dict(persistent=True),
     'cudnn_benchmark': dict(cudnn_benchmark=True),
-    'all': dict(amp='bf16', channels_last=True, compile=True, persistent=True, cudnn_benchmark=True),
+    'tf32': dict(tf32=True),
+    'all': dict(amp='bf16', channels_last=True, compile=True, persistent=True, cudnn_benchmark=True, tf32=True),
 }
 PIPELINES = {'SimCLR': 'base', 'SDCLR': 'base', 'BCL-I': 'BCL k=1', 'BCL-D': 'BCL k=2'}
 
@@ -207,8 +208,9 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def set_cudnn_benchmark(flags, device):
-    set_cudnn(device, flags.get('cudnn_benchmark', False))  # as train.py: deterministic unless the flag
+def set_cuda_math(flags, device):
+    # as train.py: deterministic cuDNN and exact float32 unless the flags
+    set_cudnn(device, flags.get('cudnn_benchmark', False), flags.get('tf32', False))
 
 
 def peak_memory_mb(device):
@@ -272,7 +274,7 @@ def bench_training(method, config, data, args, device):
     argv = ['bench', '--batch_size', str(args.batch_size), '--rand_k', str(spec['rand_k'])]
     targs = train.get_parser(spec['sdclr']).parse_args(argv + (['--bcl'] if spec['bcl'] else []))
     set_seed(0)
-    set_cudnn_benchmark(flags, device)
+    set_cuda_math(flags, device)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     if flags.get('compile'):
@@ -382,7 +384,7 @@ def bench_eval(prune, config, probes, data, args, device):
     flags = CONFIGS[config]
     memory_format = torch.channels_last if flags.get('channels_last') else torch.contiguous_format
     model = build_model(prune=prune).to(device, memory_format=memory_format)
-    set_cudnn_benchmark(flags, device)
+    set_cuda_math(flags, device)
     if flags.get('compile'):
         torch._dynamo.reset()
         compile_model(model, 'features')
@@ -562,7 +564,7 @@ def main(argv=None):
         smoke_settings(args)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     methods = args.methods.split(',')
-    configs = (args.configs or ('default,bf16,channels_last,compile,persistent,cudnn_benchmark,all'
+    configs = (args.configs or ('default,bf16,channels_last,compile,persistent,cudnn_benchmark,tf32,all'
                                 if device.type == 'cuda'
                                 else 'default,channels_last,persistent')).split(',')
     configs = (['baseline'] if args.baseline else []) + [c for c in configs if c != 'baseline']

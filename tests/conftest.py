@@ -81,3 +81,15 @@ def _refuse_implicit_numpy(self, *args, **kwargs):
 @pytest.fixture(autouse=True)
 def no_implicit_numpy(monkeypatch):
     monkeypatch.setattr(torch.Tensor, '__array__', _refuse_implicit_numpy)
+
+
+# ----------------------------------------------------------------------------- exact float32 on CUDA
+@pytest.fixture(autouse=True)
+def exact_float32():
+    """Every test starts with the scripts' default numerics (utils.set_cudnn): deterministic cuDNN,
+    no TF32. PyTorch's own default lets cuDNN convolutions use TF32, which moves a step's losses by
+    up to 8e-3 on an H100 and would hide a real drift behind a loose tolerance."""
+    from utils import set_cudnn
+    set_cudnn(torch.device('cpu'), benchmark=False, tf32=False)
+    yield
+    set_cudnn(torch.device('cpu'), benchmark=False, tf32=False)
