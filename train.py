@@ -270,9 +270,11 @@ def check_finite_loss(step_losses, epoch):
 
 
 def make_loader(dataset, sampler, args, device):
-    """design 5's loader over `sampler` (an EpochBatchSampler). Its workers' seeds come from its own
-    generator, seeded per epoch by start_epoch_loader, never from the global torch RNG; workers
-    ignore SIGTERM/SIGINT (preemption)."""
+    """design 5's loader over `sampler` (an EpochBatchSampler). The views do not depend on the
+    workers (issue 11: keyed parameters); the loader has its own generator, seeded per epoch by
+    start_epoch_loader, so that it never draws from the global torch RNG (it would draw once per
+    epoch, or once per run with persistent workers, and shift the training RNG); workers ignore
+    SIGTERM/SIGINT (preemption)."""
     workers = args.num_workers
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == 'cuda',
                       persistent_workers=args.persistent_workers and workers > 0,
@@ -280,7 +282,10 @@ def make_loader(dataset, sampler, args, device):
 
 
 def start_epoch_loader(loader, seed, epoch, start_step=0):
+    """Before the epoch's iterator starts: its sample order, its views' key (the dataset's epoch,
+    seen by persistent workers through shared memory) and its workers' seeds."""
     loader.batch_sampler.set_epoch(epoch, start_step)
+    loader.dataset.set_epoch(epoch)
     loader.generator.manual_seed(keyed_seed(seed, epoch, WORKER_SEED_STREAM))
 
 
@@ -347,9 +352,9 @@ def training_data(args):
     _, train_labels = load_cifar100(args.data_folder, train=True)
     indices = load_split(args.trainSplit, len(train_labels))
     if args.bcl:
-        dataset = MemoBoostedCIFAR100(args.data_folder, indices, args.rand_k, args.rand_strength)
+        dataset = MemoBoostedCIFAR100(args.data_folder, indices, args.rand_k, args.rand_strength, seed=args.seed)
     else:
-        dataset = TwoViewCIFAR100(args.data_folder, indices)
+        dataset = TwoViewCIFAR100(args.data_folder, indices, seed=args.seed)
     if len(dataset) < 2:
         raise InputError(f'split {args.trainSplit} holds {len(dataset)} image(s): contrastive training needs at least 2')
     probes = bool(args.eval_freq) and args.eval_freq <= args.epochs

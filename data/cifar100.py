@@ -12,10 +12,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from data.augmentations import eval_transform, simclr_transform
-from utils import InputError
+from torchvision.transforms import functional as F
+
+from data.augmentations import augment_view, eval_transform
+from data.view_params import draw_views
+from utils import InputError, keyed_seed
 
 NUM_CLASSES = 100
+AUGMENT_STREAM = 2  # keyed_seed(seed, epoch, AUGMENT_STREAM) keys the views (the sample order uses (seed, epoch))
 
 
 @functools.lru_cache(maxsize=4)
@@ -58,22 +62,47 @@ def load_cifar100(data_folder, train, download=True):
 
 
 class TwoViewCIFAR100(Dataset):
-    """The train images at `indices`; item i -> (two augmented views [2, 3, 32, 32], i)."""
+    """The train images at `indices`; item i -> (two augmented views [2, 3, 32, 32], i).
 
-    def __init__(self, data_folder, indices, transform=None, download=True):
+    The views of position i in epoch e are a function of (seed, e, i) alone (issue 11): their
+    parameters are drawn for a whole batch at once (`__getitems__`, which the DataLoader calls
+    with each batch) from keyed uniforms, so they do not depend on the loader's workers, their
+    order or persistence, or on a resume. `set_epoch` picks the epoch; it is stored in shared
+    memory so that persistent workers see it (set it before the epoch's loader iterator starts).
+    """
+
+    def __init__(self, data_folder, indices, seed=0, download=True):
         images, labels = load_cifar100(data_folder, train=True, download=download)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.images, self.labels = images[self.indices], labels[self.indices]
         self.num_class = NUM_CLASSES
         self.class_counts = np.bincount(self.labels, minlength=NUM_CLASSES)
-        self.transform = transform if transform is not None else simclr_transform()
+        self.seed = seed
+        self.epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     def __len__(self):
         return len(self.indices)
 
-    def __getitem__(self, i):
-        img = Image.fromarray(self.images[i])
-        return torch.stack([self.transform(img), self.transform(img)]), i
+    def set_epoch(self, epoch):
+        self.epoch.fill_(epoch)
+
+    def views_key(self):
+        return keyed_seed(self.seed, int(self.epoch), AUGMENT_STREAM)
+
+    def view_params(self, positions):
+        """data.view_params.ViewParams of the samples at `positions` (int64 tensor) this epoch."""
+        return draw_views(self.views_key(), positions, self.images.shape[1:3])
+
+    def __getitems__(self, positions):
+        params = self.view_params(torch.as_tensor(positions, dtype=torch.int64)).per_view()
+        return [(self.render(position, views), position) for position, views in zip(positions, params)]
+
+    def __getitem__(self, position):
+        return self.__getitems__([position])[0]
+
+    def render(self, position, views):
+        img = Image.fromarray(self.images[position])
+        return torch.stack([F.to_tensor(augment_view(img, view)) for view in views])
 
 
 class EvalCIFAR100(Dataset):

@@ -4,16 +4,11 @@ Sample i is augmented with the base SimCLR augmentation, then RandAugmentProb(k,
 p=w_i), where w_i in [0, 1] comes from its momentum loss: harder-to-memorise samples get
 stronger, more frequent RandAugment.
 """
-import random
-
 import numpy as np
 import torch
-from PIL import Image
-from torchvision import transforms
 
-from data.augmentations import simclr_pil_transform
 from data.cifar100 import TwoViewCIFAR100
-from data.randaug import RandAugmentProb
+from data.view_params import draw_views
 
 
 def momentum_weight(momentum_loss):
@@ -34,22 +29,12 @@ def momentum_weight(momentum_loss):
     return z / scale / 2 + 0.5
 
 
-def rand_strength_magnitude(weight, rand_k, rand_strength, u):
-    """Design 1.4: RandAugment magnitude of a sample with weight w (u ~ U(0, 1) per call,
-    used unless rand_k == 1; with rand_k == 0 no op is applied and the value is unused)."""
-    if rand_k == 1:
-        return 10 + (rand_strength - 10) * weight
-    return 5 + (rand_strength - 5) * weight * u
-
-
 class MemoBoostedCIFAR100(TwoViewCIFAR100):
     """Two-view dataset whose RandAugment strength and probability follow per-sample weights."""
 
-    def __init__(self, data_folder, indices, rand_k=1, rand_strength=30, download=True):
-        super().__init__(data_folder, indices, download=download)
+    def __init__(self, data_folder, indices, rand_k=1, rand_strength=30, seed=0, download=True):
+        super().__init__(data_folder, indices, seed=seed, download=download)
         self.rand_k, self.rand_strength = rand_k, rand_strength
-        self.base = simclr_pil_transform()
-        self.to_tensor = transforms.ToTensor()
         # Shared memory, updated in place: DataLoader workers (persistent ones included)
         # map the same storage, so they see the new weights at the next epoch.
         self.momentum_weight = torch.zeros(len(self.indices), dtype=torch.float64).share_memory_()
@@ -62,11 +47,8 @@ class MemoBoostedCIFAR100(TwoViewCIFAR100):
                              f'expected {tuple(self.momentum_weight.shape)}')
         self.momentum_weight.copy_(weight)
 
-    def __getitem__(self, i):
-        weight = float(self.momentum_weight[i])
-        u = random.random() if self.rand_k != 1 else None  # one draw shared by both views
-        magnitude = rand_strength_magnitude(weight, self.rand_k, self.rand_strength, u)
-        rand_augment = RandAugmentProb(self.rand_k, magnitude, p=weight)
-        img = Image.fromarray(self.images[i])
-        views = [self.to_tensor(rand_augment(self.base(img))) for _ in range(2)]
-        return torch.stack(views), i
+    def view_params(self, positions):
+        """The base views' parameters plus RandAugmentProb(k, m_i, p=w_i)'s draws (design 1.4):
+        with k >= 2 both views of a sample share its u, hence m_i."""
+        return draw_views(self.views_key(), positions, self.images.shape[1:3], self.rand_k,
+                          self.momentum_weight[positions], self.rand_strength)

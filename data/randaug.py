@@ -1,20 +1,13 @@
 """RandAugment with the 15 operations of design 1.3, written with PIL.
 
-Each op is `op(img, v) -> PIL image`; a magnitude m in [0, 30] maps to
-`v = m / 30 * (max - min) + min`. Randomness (sign flips, Cutout position, op choice)
-uses python `random` only: torch seeds it per DataLoader worker.
+Each op is deterministic, `op(img, v) -> PIL image` (Cutout also takes its centre); a
+magnitude m in [0, 30] maps to `v = m / 30 * (max - min) + min`. The random draws (op choice,
+whether each op is applied, sign flips, Cutout centre) come from data/view_params.py, keyed by
+(seed, epoch, position, view); apply_rand_augment applies them.
 """
-import random
-
 from PIL import Image, ImageEnhance, ImageOps
 
 CUTOUT_FILL = (125, 123, 114)
-
-
-def random_sign(v):
-    """-v or v with probability 0.5 each."""
-    return -v if random.random() < 0.5 else v
-
 
 def affine(img, matrix):
     """PIL affine transform (output pixel (x, y) <- input (a x + b y + c, d x + e y + f)),
@@ -23,23 +16,23 @@ def affine(img, matrix):
 
 
 def shear_x(img, v):
-    return affine(img, (1, random_sign(v), 0, 0, 1, 0))
+    return affine(img, (1, v, 0, 0, 1, 0))
 
 
 def shear_y(img, v):
-    return affine(img, (1, 0, 0, random_sign(v), 1, 0))
+    return affine(img, (1, 0, 0, v, 1, 0))
 
 
 def translate_x(img, v):
-    return affine(img, (1, 0, random_sign(v) * img.size[0], 0, 1, 0))
+    return affine(img, (1, 0, v * img.size[0], 0, 1, 0))
 
 
 def translate_y(img, v):
-    return affine(img, (1, 0, 0, 0, 1, random_sign(v) * img.size[1]))
+    return affine(img, (1, 0, 0, 0, 1, v * img.size[1]))
 
 
 def rotate(img, v):
-    return img.rotate(random_sign(v))
+    return img.rotate(v)
 
 
 def auto_contrast(img, _):
@@ -78,8 +71,9 @@ def sharpness(img, v):
     return ImageEnhance.Sharpness(img).enhance(v)
 
 
-def cutout(img, v):
-    """Fill a square of side v * width at a random centre, clipped to the image.
+def cutout(img, v, centre):
+    """Fill a square of side v * width centred at (centre[0] * width, centre[1] * height)
+    (the published uniform(0, width), uniform(0, height)), clipped to the image.
 
     The published code keeps the full side at the top/left border (it shifts the square
     instead of clipping it) and its inclusive PIL rectangle is one pixel larger than the
@@ -89,7 +83,7 @@ def cutout(img, v):
         return img
     width, height = img.size
     side = v * width
-    cx, cy = random.uniform(0, width), random.uniform(0, height)
+    cx, cy = centre[0] * width, centre[1] * height
     box = (int(max(0, cx - side / 2)), int(max(0, cy - side / 2)),
            int(min(width, cx + side / 2)), int(min(height, cy + side / 2)))
     img = img.copy()
@@ -97,17 +91,17 @@ def cutout(img, v):
     return img
 
 
-def augment_list():
-    """[(op, min, max)] in the order of design 1.3."""
-    return [
-        (shear_x, 0.0, 0.6), (shear_y, 0.0, 0.6),
-        (translate_x, 0.0, 0.66), (translate_y, 0.0, 0.66),
-        (rotate, 0.0, 60.0),
-        (auto_contrast, 0.0, 1.0), (invert, 0.0, 1.0), (equalize, 0.0, 1.0),
-        (solarize, 0.0, 110.0), (posterize, 4.0, 8.0),
-        (contrast, 0.1, 1.9), (color, 0.1, 1.9), (brightness, 0.1, 1.9), (sharpness, 0.1, 1.9),
-        (cutout, 0.0, 0.4),
-    ]
+OPS = [  # (op, min, max) in the order of design 1.3
+    (shear_x, 0.0, 0.6), (shear_y, 0.0, 0.6),
+    (translate_x, 0.0, 0.66), (translate_y, 0.0, 0.66),
+    (rotate, 0.0, 60.0),
+    (auto_contrast, 0.0, 1.0), (invert, 0.0, 1.0), (equalize, 0.0, 1.0),
+    (solarize, 0.0, 110.0), (posterize, 4.0, 8.0),
+    (contrast, 0.1, 1.9), (color, 0.1, 1.9), (brightness, 0.1, 1.9), (sharpness, 0.1, 1.9),
+    (cutout, 0.0, 0.4),
+]
+NUM_OPS = len(OPS)
+SIGNED = (shear_x, shear_y, translate_x, translate_y, rotate)  # design 1.3: sign flipped with p=0.5
 
 
 def op_value(m, low, high):
@@ -115,29 +109,13 @@ def op_value(m, low, high):
     return m / 30 * (high - low) + low
 
 
-class RandAugment:
-    """Draw n ops with replacement and apply each at magnitude m."""
-
-    def __init__(self, n, m):
-        self.n, self.m = n, float(m)
-        self.ops = augment_list()
-
-    def __call__(self, img):
-        for op, low, high in random.choices(self.ops, k=self.n):
-            if self.keep():
-                img = op(img, op_value(self.m, low, high))
-        return img
-
-    def keep(self):
-        return True
-
-
-class RandAugmentProb(RandAugment):
-    """Draw n ops with replacement; apply each with probability p at magnitude m."""
-
-    def __init__(self, n, m, p):
-        super().__init__(n, m)
-        self.p = float(p)
-
-    def keep(self):
-        return random.random() < self.p
+def apply_rand_augment(img, magnitude, ops, applied, signs, centres):
+    """Design 1.3's RandAugmentProb(k, m, p) with its draws given: the k op indices (drawn with
+    replacement), whether each is applied (its uniform < p), each op's sign and Cutout centre
+    (data/view_params.py); a signed op gets sign * v."""
+    for index, keep, sign, centre in zip(ops, applied, signs, centres):
+        if keep:
+            op, low, high = OPS[index]
+            v = op_value(magnitude, low, high)
+            img = op(img, sign * v) if op in SIGNED else cutout(img, v, centre) if op is cutout else op(img, v)
+    return img

@@ -2,16 +2,19 @@
 memory-boosted dataset (design 1.4), on the synthetic folder with the real loader."""
 import os
 import pickle
-import random
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
+from torchvision.transforms.functional import to_tensor
 
-import data.memoboosted_cifar100 as memoboosted
+from data.augmentations import augment_view
 from data.cifar100 import EvalCIFAR100, TwoViewCIFAR100, load_cifar100
-from data.memoboosted_cifar100 import MemoBoostedCIFAR100, momentum_weight, rand_strength_magnitude
+from data.keyed_random import keyed_uniforms
+from data.memoboosted_cifar100 import MemoBoostedCIFAR100, momentum_weight
+from data.view_params import SHARED_VIEW, rand_strength_magnitude
 from utils import InputError
 
 
@@ -104,62 +107,44 @@ def test_strength_rules():
     assert rand_strength_magnitude(0.0, 2, 30, 0.9) == 5
 
 
-class RecordingRandAugmentProb:
-    """Stands in for RandAugmentProb in the dataset: records its arguments and calls."""
-    made = []
-
-    def __init__(self, n, m, p):
-        self.n, self.m, self.p, self.calls = n, m, p, 0
-        self.made.append(self)
-
-    def __call__(self, img):
-        self.calls += 1
-        return img
-
-
 @pytest.mark.parametrize('rand_k, rand_strength', [(1, 30), (2, 30), (3, 20)])
-def test_memoboosted_getitem_strength(synthetic_cifar, monkeypatch, rand_k, rand_strength):
-    monkeypatch.setattr(memoboosted, 'RandAugmentProb', RecordingRandAugmentProb)
-    RecordingRandAugmentProb.made = []
-    dataset = MemoBoostedCIFAR100(synthetic_cifar, np.arange(10), rand_k, rand_strength)
+def test_memoboosted_view_params_follow_design(synthetic_cifar, rand_k, rand_strength):
+    """Design 1.4 on the dataset's drawn parameters: k ops per view, applied iff their uniform
+    < w_i (all with w = 1, none with w = 0), magnitude m_i by the k rule, with k >= 2 from the
+    sample's own u (keyed view 2), shared by both views; the rendered views are those params."""
+    dataset = MemoBoostedCIFAR100(synthetic_cifar, np.arange(10), rand_k, rand_strength, seed=4)
     assert dataset.momentum_weight.dtype == torch.float64 and not dataset.momentum_weight.any()
-    loss = np.arange(10.0) ** 2
+    loss = np.arange(10.0)  # symmetric: weights 0, 1/9, ..., 1
     dataset.update_momentum_weight(torch.from_numpy(loss))
     weight = momentum_weight(loss)
-    for i in (0, 3, 9, 9):
-        random.seed(i)
-        u = random.random()
-        random.seed(i)
-        views, position = dataset[i]
-        assert position == i and views.shape == (2, 3, 32, 32)
-        augment = RecordingRandAugmentProb.made[-1]
-        assert augment.calls == 2  # both views, one shared magnitude
-        assert augment.n == rand_k and augment.p == pytest.approx(weight[i])
-        if rand_k == 1:
-            expected = 10 + (rand_strength - 10) * weight[i]
-        else:
-            expected = 5 + (rand_strength - 5) * weight[i] * u
-        assert augment.m == pytest.approx(expected)
-    if rand_k >= 2:  # u is drawn afresh per call
-        dataset[9]
-        assert RecordingRandAugmentProb.made[-1].m != RecordingRandAugmentProb.made[-2].m
+    dataset.set_epoch(3)
+    positions = torch.tensor([0, 3, 9])
+    params = dataset.view_params(positions)
+    u = keyed_uniforms(dataset.views_key(), positions, (SHARED_VIEW,), 1)[:, 0, 0]
+    assert params.ops.shape == (3, 2, rand_k) and params.op_applied.shape == (3, 2, rand_k)
+    for row, i in enumerate(positions.tolist()):
+        expected = rand_strength_magnitude(weight[i], rand_k, rand_strength, float(u[row]))
+        assert params.magnitude[row].tolist() == [pytest.approx(expected, rel=1e-12)] * 2
+    assert not params.op_applied[0].any() and params.op_applied[2].all()  # w = 0 and w = 1
+    views, position = dataset[3]
+    img = Image.fromarray(dataset.images[3])
+    for view, drawn in zip(views, params.per_view()[1]):
+        assert torch.equal(view, to_tensor(augment_view(img, drawn)))
+    if rand_k >= 2:  # u is per sample: different samples, different u
+        assert len(set(u.tolist())) == 3
 
 
 def test_memoboosted_zero_weight_is_plain_simclr(synthetic_cifar):
-    """With all weights 0 no RandAugment op is applied: the views equal the SimCLR views."""
-    plain = TwoViewCIFAR100(synthetic_cifar, np.arange(4))
-    boosted = MemoBoostedCIFAR100(synthetic_cifar, np.arange(4), rand_k=2)
+    """With all weights 0 no RandAugment op is applied: the views equal the SimCLR views of the
+    same seed and epoch (the base parameters are the same draws in both datasets)."""
+    plain = TwoViewCIFAR100(synthetic_cifar, np.arange(4), seed=1)
+    boosted = MemoBoostedCIFAR100(synthetic_cifar, np.arange(4), rand_k=2, seed=1)
+    for dataset in (plain, boosted):
+        dataset.set_epoch(2)
     for i in range(4):
-        torch.manual_seed(i)
-        expected = plain[i][0]
-        torch.manual_seed(i)
-        assert torch.equal(boosted[i][0], expected)
-    boosted.update_momentum_weight(np.arange(4.0))  # weights 0, 1/3, 2/3, 1: now it differs
-    torch.manual_seed(3)
-    expected = plain[3][0]
-    random.seed(0)  # u and the ops drawn with this seed visibly change the image
-    torch.manual_seed(3)
-    assert not torch.equal(boosted[3][0], expected)
+        assert torch.equal(boosted[i][0], plain[i][0])
+    boosted.update_momentum_weight(np.arange(4.0))  # weights 0, 1/3, 2/3, 1: now sample 3 differs
+    assert torch.equal(boosted[0][0], plain[0][0]) and not torch.equal(boosted[3][0], plain[3][0])
 
 
 def test_update_rejects_wrong_length(synthetic_cifar):
@@ -170,6 +155,7 @@ def test_update_rejects_wrong_length(synthetic_cifar):
 
 class WeightEcho(MemoBoostedCIFAR100):
     """Returns the weight a worker sees for sample i, and the worker's pid."""
+    __getitems__ = None  # the DataLoader then fetches item by item, through __getitem__
 
     def __getitem__(self, i):
         return float(self.momentum_weight[i]), os.getpid()

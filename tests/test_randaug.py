@@ -1,5 +1,6 @@
 """RandAugment (design 1.3): every op against an independent computation, the
-magnitude-to-value table, and the op-application rules of RandAugment / RandAugmentProb."""
+magnitude-to-value table, and how apply_rand_augment applies drawn ops (their draws are
+tested in test_view_params.py)."""
 import random
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
 from data import randaug
-from data.randaug import RandAugment, RandAugmentProb, augment_list
+from data.randaug import OPS, apply_rand_augment, op_value
 
 
 @pytest.fixture
@@ -35,12 +36,6 @@ def affine_nearest(image, a, b, c, d, e, f):
     return out
 
 
-def with_sign(monkeypatch, flip):
-    """Make randaug's sign draw deterministic: random.random() < 0.5 flips the sign."""
-    monkeypatch.setattr(random, 'random', lambda: 0.1 if flip else 0.9)
-    return -1 if flip else 1
-
-
 NAMES = ['shear_x', 'shear_y', 'translate_x', 'translate_y', 'rotate', 'auto_contrast',
          'invert', 'equalize', 'solarize', 'posterize', 'contrast', 'color', 'brightness',
          'sharpness', 'cutout']
@@ -55,36 +50,58 @@ VALUES = {
 }
 
 
-def test_augment_list_order():
-    assert [op.__name__ for op, _, _ in augment_list()] == NAMES
+def test_ops_order():
+    assert [op.__name__ for op, _, _ in OPS] == NAMES
 
 
 @pytest.mark.parametrize('m_index, m', [(0, 0), (1, 15), (2, 30)])
-def test_magnitude_to_value(m_index, m, img):
-    for op, low, high in augment_list():
-        seen = []
-        augment = RandAugment(1, m)
-        augment.ops = [(lambda image, v: seen.append(v) or image, low, high)]
-        assert augment(img) is img
+def test_magnitude_to_value(m_index, m):
+    for op, low, high in OPS:
         if op.__name__ in VALUES:
-            assert seen == [pytest.approx(VALUES[op.__name__][m_index])], op.__name__
+            assert op_value(m, low, high) == pytest.approx(VALUES[op.__name__][m_index]), op.__name__
+
+
+@pytest.mark.parametrize('sign', [-1.0, 1.0])
+def test_apply_gives_each_op_its_value_sign_and_centre(img, sign):
+    """apply_rand_augment(img, m, [op], [True], [sign], [centre]) is the op at v = op_value(m):
+    signed ops (design 1.3: shear, translate, rotate) at sign * v, Cutout at the centre."""
+    m, centre = 17.0, (0.3, 0.8)
+    for index, (op, low, high) in enumerate(OPS):
+        v = op_value(m, low, high)
+        if op.__name__ in ('shear_x', 'shear_y', 'translate_x', 'translate_y', 'rotate'):
+            expected = op(img, sign * v)
+        elif op.__name__ == 'cutout':
+            expected = op(img, v, centre)
         else:
-            assert len(seen) == 1  # AutoContrast / Invert / Equalize ignore v
+            expected = op(img, v)
+        out = apply_rand_augment(img, m, [index], [True], [sign], [centre])
+        assert np.array_equal(pixels(out), pixels(expected)), op.__name__
+        assert apply_rand_augment(img, m, [index], [False], [sign], [centre]) is img
+
+
+def test_apply_follows_the_applied_draws(img):
+    """Invert drawn three times: applied, skipped, applied is the identity; three applied invert."""
+    invert = NAMES.index('invert')
+    out = apply_rand_augment(img, 10, [invert] * 3, [True, False, True], [1.0] * 3, [(0.5, 0.5)] * 3)
+    assert np.array_equal(pixels(out), pixels(img))
+    out = apply_rand_augment(img, 10, [invert] * 3, [True] * 3, [1.0] * 3, [(0.5, 0.5)] * 3)
+    assert np.array_equal(pixels(out), 255 - pixels(img))
+    assert apply_rand_augment(img, 30, [], [], [], []) is img  # --rand_k 0
 
 
 @pytest.mark.parametrize('flip', [False, True])
-def test_shear_and_translate(monkeypatch, img, flip):
-    sign = with_sign(monkeypatch, flip)
+def test_shear_and_translate(img, flip):
+    sign = -1 if flip else 1
     width, height = img.size
     v = 0.3
-    assert np.array_equal(pixels(randaug.shear_x(img, v)), affine_nearest(img, 1, sign * v, 0, 0, 1, 0))
-    assert np.array_equal(pixels(randaug.shear_y(img, v)), affine_nearest(img, 1, 0, 0, sign * v, 1, 0))
+    assert np.array_equal(pixels(randaug.shear_x(img, sign * v)), affine_nearest(img, 1, sign * v, 0, 0, 1, 0))
+    assert np.array_equal(pixels(randaug.shear_y(img, sign * v)), affine_nearest(img, 1, 0, 0, sign * v, 1, 0))
     v = 0.25  # whole pixels: 8 of the width, 10 of the height
-    assert np.array_equal(pixels(randaug.translate_x(img, v)),
+    assert np.array_equal(pixels(randaug.translate_x(img, sign * v)),
                           affine_nearest(img, 1, 0, sign * v * width, 0, 1, 0))
-    assert np.array_equal(pixels(randaug.translate_y(img, v)),
+    assert np.array_equal(pixels(randaug.translate_y(img, sign * v)),
                           affine_nearest(img, 1, 0, 0, 0, 1, sign * v * height))
-    shifted = pixels(randaug.translate_x(img, v))
+    shifted = pixels(randaug.translate_x(img, sign * v))
     if flip:  # output x takes input x - 8: the image moves right, black enters on the left
         assert np.array_equal(shifted[:, 8:], pixels(img)[:, :-8]) and not shifted[:, :8].any()
     else:
@@ -92,9 +109,9 @@ def test_shear_and_translate(monkeypatch, img, flip):
 
 
 @pytest.mark.parametrize('flip', [False, True])
-def test_rotate(monkeypatch, img, flip):
-    sign = with_sign(monkeypatch, flip)
-    assert np.array_equal(pixels(randaug.rotate(img, 30)), pixels(img.rotate(sign * 30)))
+def test_rotate(img, flip):
+    sign = -1 if flip else 1
+    assert np.array_equal(pixels(randaug.rotate(img, sign * 30)), pixels(img.rotate(sign * 30)))
     assert not np.array_equal(pixels(img.rotate(30)), pixels(img.rotate(-30)))
 
 
@@ -135,10 +152,10 @@ def test_enhance_ops(img):
 def test_cutout(img, seed):
     width, height = img.size
     v = 0.4
-    random.seed(seed)
-    out = pixels(randaug.cutout(img, v))
-    random.seed(seed)
-    cx, cy = random.uniform(0, width), random.uniform(0, height)
+    rng = random.Random(seed)
+    out = pixels(randaug.cutout(img, v, (rng.random(), rng.random())))
+    rng = random.Random(seed)  # the published draw from the same uniforms: uniform(0, width), uniform(0, height)
+    cx, cy = rng.uniform(0, width), rng.uniform(0, height)
     side = v * width
     x0, x1 = int(max(0, cx - side / 2)), int(min(width, cx + side / 2))
     y0, y1 = int(max(0, cy - side / 2)), int(min(height, cy + side / 2))
@@ -148,49 +165,8 @@ def test_cutout(img, seed):
     assert x1 - x0 <= 13 and y1 - y0 <= 13
 
 
-def test_cutout_side_and_noop(monkeypatch, img):
-    monkeypatch.setattr(random, 'uniform', lambda a, b: (a + b) / 2)  # centre (16, 20)
-    out = pixels(randaug.cutout(img, 0.25))  # side 8: x 12..19, y 16..23
+def test_cutout_side_and_noop(img):
+    out = pixels(randaug.cutout(img, 0.25, (0.5, 0.5)))  # centre (16, 20), side 8: x 12..19, y 16..23
     filled = (out == (125, 123, 114)).all(axis=2)
     assert filled[16:24, 12:20].all() and filled.sum() == 64
-    assert randaug.cutout(img, 0.0) is img
-
-
-def counting_ops(counter):
-    def wrap(op):
-        def counted(image, v):
-            counter.append(op.__name__)
-            return op(image, v)
-        return counted
-    return [(wrap(op), low, high) for op, low, high in augment_list()]
-
-
-@pytest.mark.parametrize('n', [1, 2, 3])
-def test_rand_augment_applies_n_ops(img, n):
-    for seed in range(5):
-        random.seed(seed)
-        for augment in (RandAugment(n, 10), RandAugmentProb(n, 10, p=1.0)):
-            applied = []
-            augment.ops = counting_ops(applied)
-            augment(img)
-            assert len(applied) == n
-
-
-def test_rand_augment_prob_zero_is_identity(img):
-    for seed in range(20):
-        random.seed(seed)
-        applied = []
-        augment = RandAugmentProb(3, 30, p=0.0)
-        augment.ops = counting_ops(applied)
-        assert np.array_equal(pixels(augment(img)), pixels(img)) and applied == []
-
-
-def test_rand_augment_prob_rule(monkeypatch, img):
-    """Each drawn op is applied exactly when random.random() < p."""
-    draws = iter([0.3, 0.5, 0.49])
-    monkeypatch.setattr(random, 'choices', lambda population, k: [population[6]] * k)  # invert
-    monkeypatch.setattr(random, 'random', lambda: next(draws))
-    out = RandAugmentProb(3, 10, p=0.5)(img)  # applied, skipped (0.5 is not < 0.5), applied
-    assert np.array_equal(pixels(out), pixels(img))
-    draws = iter([0.3, 0.7, 0.8])
-    assert np.array_equal(pixels(RandAugmentProb(3, 10, p=0.5)(img)), 255 - pixels(img))
+    assert randaug.cutout(img, 0.0, (0.5, 0.5)) is img

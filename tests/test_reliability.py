@@ -18,7 +18,7 @@ import torch
 import checkpoint
 import train
 import train_sdclr
-from data.randaug import RandAugmentProb
+from data.randaug import apply_rand_augment
 from conftest import gpus_flag
 from data.sampler import EpochBatchSampler
 from models import SDCLR, SimCLR, load_pretrained
@@ -356,12 +356,14 @@ def test_bad_arguments_fail_at_parse_time(main, flags, message, tmp_path, capsys
 def test_rand_k_zero_applies_no_randaugment_op(synthetic_cifar):
     from PIL import Image
     img = Image.new('RGB', (32, 32), (10, 20, 30))
-    assert RandAugmentProb(0, 30, p=1.0)(img) is img
+    assert apply_rand_augment(img, 30, [], [], [], []) is img
+    from data.cifar100 import TwoViewCIFAR100
     from data.memoboosted_cifar100 import MemoBoostedCIFAR100
     dataset = MemoBoostedCIFAR100(synthetic_cifar, np.arange(4), rand_k=0)
     dataset.momentum_weight.fill_(1.0)
+    assert dataset.view_params(torch.arange(4)).ops.shape == (4, 2, 0)
     views, position = dataset[2]
-    assert views.shape == (2, 3, 32, 32) and position == 2
+    assert position == 2 and torch.equal(views, TwoViewCIFAR100(synthetic_cifar, np.arange(4))[2][0])
 
 
 def test_eval_freq_zero_and_save_freq_zero(synthetic_cifar, synthetic_splits, base_args, tmp_path, capsys):

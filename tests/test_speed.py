@@ -250,13 +250,14 @@ class RecordingMemoBoosted(MemoBoostedCIFAR100):
         self.seen_pid = torch.zeros(2, n, dtype=torch.long).share_memory_()
         RecordingMemoBoosted.created.append(self)
 
-    def __getitem__(self, i):
-        read = int(self.reads[i])
-        if read < 2:
-            self.seen_weight[read, i] = float(self.momentum_weight[i])
-            self.seen_pid[read, i] = os.getpid()
-        self.reads[i] += 1
-        return super().__getitem__(i)
+    def view_params(self, positions):
+        for i in positions.tolist():
+            read = int(self.reads[i])
+            if read < 2:
+                self.seen_weight[read, i] = float(self.momentum_weight[i])
+                self.seen_pid[read, i] = os.getpid()
+            self.reads[i] += 1
+        return super().view_params(positions)
 
 
 def test_persistent_workers_see_each_epochs_bcl_weights(synthetic_cifar, synthetic_splits, tmp_path, monkeypatch):

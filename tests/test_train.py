@@ -177,6 +177,37 @@ def test_resume_continues_exactly(small_args, tmp_path, device):
     assert 'resumed from' in (resumed_dir / 'BCL_D' / 'log.txt').read_text()
 
 
+def assert_same_training_state(a, b):
+    for key, value in a['state_dict'].items():
+        assert torch.equal(value, b['state_dict'][key]), key
+    for name in ('momentum_loss', 'momentum_weight'):
+        assert torch.equal(a[name], b[name]), name
+    for x, y in zip(a['optim']['state'].values(), b['optim']['state'].values()):
+        assert torch.equal(x['momentum_buffer'], y['momentum_buffer'])
+
+
+def test_training_does_not_depend_on_loader_workers(small_args, tmp_path):
+    """Issue 11: BCL-D for 4 epochs with --num_workers 0, with 2 persistent workers, and 2 epochs
+    then --resume for 2 with persistent workers: bit-identical weights, SGD buffers, momentum
+    losses and BCL weights (every view is keyed by (seed, epoch, position, view))."""
+    _, command = PUBLISHED['BCL-D']
+    base = command.split() + small_args(tmp_path, epochs=4) + ['--save_freq', '2']
+    workers = ['--num_workers', '2', '--persistent_workers']
+    runs = {}
+    for name, extra in (('main', []), ('workers', workers)):
+        train_sdclr.main(base + ['--save_dir', str(tmp_path / name)] + extra)
+        runs[name] = load(tmp_path / name / 'BCL_D' / 'model.pt')
+    # epochs 3-4 again, from the state the worker run saved after epoch 2, in fresh workers
+    train_sdclr.main(base + ['--save_dir', str(tmp_path / 'resumed'), '--resume', '--checkpoint',
+                             str(tmp_path / 'workers' / 'BCL_D' / 'model_2.pt')] + workers)
+    runs['resumed'] = load(tmp_path / 'resumed' / 'BCL_D' / 'model.pt')
+    assert 'resumed from' in (tmp_path / 'resumed' / 'BCL_D' / 'log.txt').read_text()
+    assert [run['epoch'] for run in runs.values()] == [4, 4, 4]
+    assert runs['main']['momentum_weight'].std() > 0.1  # BCL weights were in play
+    assert_same_training_state(runs['main'], runs['workers'])
+    assert_same_training_state(runs['main'], runs['resumed'])
+
+
 @pytest.mark.parametrize('value, expected', [([], False), (['--resume'], True),
                                              (['--resume', 'True'], True), (['--resume', 'False'], False)])
 def test_resume_flag_parsing(value, expected):
