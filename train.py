@@ -19,6 +19,7 @@ from tqdm import tqdm
 import checkpoint
 from checkpoint import Checkpoints
 from data.cifar100 import TwoViewCIFAR100, load_cifar100
+from data.device_views import DeviceViews
 from data.memoboosted_cifar100 import MemoBoostedCIFAR100
 from data.sampler import EpochBatchSampler
 from eval_cifar import GROUPS, full_shot_eval, prepare_full_shot
@@ -102,6 +103,9 @@ def get_parser(sdclr):
                         help='bf16 autocast for the network (loss and momentum state stay float32)')
     parser.add_argument('--channels_last', action='store_true', help='channels-last memory format')
     parser.add_argument('--compile', action='store_true', help='torch.compile the model')
+    parser.add_argument('--gpu_aug', action='store_true',
+                        help='keep the images on the training device and make both views there, pixel-exact '
+                             'with the PIL path (no loader workers); SimCLR and SDCLR so far')
     parser.add_argument('--persistent_workers', action='store_true',
                         help='keep loader workers alive across epochs (BCL weights still reach them)')
     parser.add_argument('--cudnn_benchmark', action='store_true',
@@ -120,6 +124,9 @@ def parse_args(argv, sdclr):
     if sdclr and args.random_prune_percent > args.prune_percent:
         parser.error(f'--random_prune_percent {args.random_prune_percent} must not exceed '
                      f'--prune_percent {args.prune_percent} (it is part of it)')
+    if args.gpu_aug and args.bcl and args.rand_k:
+        parser.error('--gpu_aug covers the base augmentation (SimCLR, SDCLR) so far, not BCL\'s RandAugment '
+                     'ops: drop --gpu_aug for BCL runs')
     return args
 
 
@@ -275,6 +282,8 @@ def make_loader(dataset, sampler, args, device):
     start_epoch_loader, so that it never draws from the global torch RNG (it would draw once per
     epoch, or once per run with persistent workers, and shift the training RNG); workers ignore
     SIGTERM/SIGINT (preemption)."""
+    if args.gpu_aug:
+        return DeviceViews(dataset, sampler, device)
     workers = args.num_workers
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == 'cuda',
                       persistent_workers=args.persistent_workers and workers > 0,
@@ -286,7 +295,8 @@ def start_epoch_loader(loader, seed, epoch, start_step=0):
     seen by persistent workers through shared memory) and its workers' seeds."""
     loader.batch_sampler.set_epoch(epoch, start_step)
     loader.dataset.set_epoch(epoch)
-    loader.generator.manual_seed(keyed_seed(seed, epoch, WORKER_SEED_STREAM))
+    if isinstance(loader, DataLoader):
+        loader.generator.manual_seed(keyed_seed(seed, epoch, WORKER_SEED_STREAM))
 
 
 @dataclass

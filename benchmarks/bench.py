@@ -58,7 +58,8 @@ What is timed:
 
 Configurations: default (train.py as it runs without flags: deterministic cuDNN, as published),
 bf16 (--amp bf16), channels_last, compile, persistent (--persistent_workers), cudnn_benchmark
-(--cudnn_benchmark), tf32 (--tf32) and all (every flag).
+(--cudnn_benchmark), tf32 (--tf32), gpu_aug (--gpu_aug: the views made on the device; SimCLR and
+SDCLR), all (every flag but --gpu_aug) and all_gpu_aug (every flag with --gpu_aug).
 """
 import argparse
 import hashlib
@@ -83,7 +84,9 @@ sys.path.insert(0, ROOT)
 import train  # noqa: E402
 import train_sdclr  # noqa: E402
 from data.cifar100 import EvalCIFAR100, TwoViewCIFAR100, load_cifar100  # noqa: E402
+from data.device_views import DeviceViews  # noqa: E402
 from data.memoboosted_cifar100 import MemoBoostedCIFAR100  # noqa: E402
+from data.sampler import EpochBatchSampler  # noqa: E402
 from data.synthetic import write_synthetic_cifar100  # noqa: E402
 from eval_cifar import PROBE_EPOCHS, extract_features, linear_probe  # noqa: E402
 from models import build_model  # noqa: E402
@@ -114,7 +117,9 @@ CONFIGS = {
     'persistent': dict(persistent=True),
     'cudnn_benchmark': dict(cudnn_benchmark=True),
     'tf32': dict(tf32=True),
+    'gpu_aug': dict(gpu_aug=True),
     'all': dict(amp='bf16', channels_last=True, compile=True, persistent=True, cudnn_benchmark=True, tf32=True),
+    'all_gpu_aug': dict(amp='bf16', channels_last=True, compile=True, cudnn_benchmark=True, tf32=True, gpu_aug=True),
 }
 PIPELINES = {'SimCLR': 'base', 'SDCLR': 'base', 'BCL-I': 'BCL k=1', 'BCL-D': 'BCL k=2'}
 
@@ -287,9 +292,13 @@ def bench_training(method, config, data, args, device):
     else:
         epoch_set = dataset
     persistent = flags.get('persistent', False) and args.num_workers > 0
-    loader = TimedLoader(DataLoader(epoch_set, batch_size=args.batch_size, shuffle=True, drop_last=False,
-                                    num_workers=args.num_workers, pin_memory=device.type == 'cuda',
-                                    persistent_workers=persistent))  # as train.run
+    if flags.get('gpu_aug'):  # as train.run --gpu_aug: the same subset, its images on the device
+        subset = TwoViewCIFAR100(data.folder, data.d_i[epoch_set.indices] if args.steps else data.d_i)
+        loader = TimedLoader(DeviceViews(subset, EpochBatchSampler(len(subset), args.batch_size, 0), device))
+    else:
+        loader = TimedLoader(DataLoader(epoch_set, batch_size=args.batch_size, shuffle=True, drop_last=False,
+                                        num_workers=args.num_workers, pin_memory=device.type == 'cuda',
+                                        persistent_workers=persistent))  # as train.run
     steps = len(loader)
     targs.print_freq = steps  # one loss check per epoch, as at batch 512 (20 steps, --print_freq 20)
 
@@ -460,6 +469,26 @@ def bench_loader(pipeline, workers, data, args, device):
             'images_per_s': seen / (time.perf_counter() - start)}
 
 
+def bench_device_augment(data, args, device, epochs=3):
+    """Images/s (each 2 views) of --gpu_aug's base augmentation alone on `device`: DeviceViews
+    over D_i at the benchmark's batch size, timed over whole epochs after one warm-up epoch."""
+    dataset = TwoViewCIFAR100(data.folder, data.d_i)
+    views = DeviceViews(dataset, EpochBatchSampler(len(dataset), args.batch_size, 0), device)
+    seconds, images = [], 0
+    for epoch in range(epochs + 1):
+        views.batch_sampler.set_epoch(epoch + 1)
+        dataset.set_epoch(epoch + 1)
+        start = time.perf_counter()
+        count = sum(len(positions) for _, positions in views)
+        sync(device)
+        if epoch:
+            seconds.append(time.perf_counter() - start)
+            images += count
+    batch_ms = 1000 * sum(seconds) / (epochs * len(views))
+    return {'pipeline': 'base, on the device (--gpu_aug)', 'images_per_s': images / sum(seconds),
+            'batch_ms': batch_ms}
+
+
 # ----------------------------------------------------------------------------- report
 
 def reference_row(rows, row, key, reference):
@@ -587,7 +616,7 @@ def main(argv=None):
         smoke_settings(args)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     methods = args.methods.split(',')
-    configs = (args.configs or ('default,bf16,channels_last,compile,persistent,cudnn_benchmark,tf32,all'
+    configs = (args.configs or ('default,bf16,channels_last,compile,persistent,cudnn_benchmark,tf32,gpu_aug,all,all_gpu_aug'
                                 if device.type == 'cuda'
                                 else 'default,channels_last,persistent')).split(',')
     configs = (['baseline'] if args.baseline else []) + [c for c in configs if c != 'baseline']
@@ -610,6 +639,9 @@ def main(argv=None):
     if 'train' in parts:
         for method in methods:
             for config in configs:
+                if CONFIGS[config].get('gpu_aug') and METHODS[method]['bcl']:
+                    print(f'train {method:6} {config:13} skipped: --gpu_aug does not cover BCL yet', flush=True)
+                    continue
                 r = bench_training(method, config, data, args, device)
                 results['training'].append(r)
                 print(f'train {method:6} {config:13} {r["images_per_s"]:9.1f} img/s  data wait '
@@ -619,7 +651,7 @@ def main(argv=None):
         results['probes'] = probes
         for prune in dict.fromkeys(METHODS[m]['sdclr'] for m in methods):
             for config in configs:
-                if config == 'persistent':  # no effect on test.py (one pass per loader)
+                if config == 'persistent' or 'gpu_aug' in config:  # no effect on test.py
                     continue
                 r = bench_eval(prune, config, probes, data, args, device)
                 results['eval'].append(r)
@@ -632,6 +664,10 @@ def main(argv=None):
                 r = bench_loader(pipeline, w, data, args, device)
                 results['loader'].append(r)
                 print(f'loader {pipeline:8} {w:2} workers {r["images_per_s"]:9.1f} img/s', flush=True)
+        if any(not METHODS[m]['bcl'] for m in methods):
+            results['device_augment'] = r = bench_device_augment(data, args, device)
+            print(f'device augmentation (--gpu_aug, base): {r["images_per_s"]:,.0f} img/s, '
+                  f'{r["batch_ms"]:.1f} ms per batch of {args.batch_size} (two views each)', flush=True)
     results['bound'] = bound_lines(results)
     print_report(results)
 
