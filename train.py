@@ -105,7 +105,7 @@ def get_parser(sdclr):
     parser.add_argument('--compile', action='store_true', help='torch.compile the model')
     parser.add_argument('--gpu_aug', action='store_true',
                         help='keep the images on the training device and make both views there, pixel-exact '
-                             'with the PIL path (no loader workers); SimCLR and SDCLR so far')
+                             'with the PIL path (no loader workers)')
     parser.add_argument('--persistent_workers', action='store_true',
                         help='keep loader workers alive across epochs (BCL weights still reach them)')
     parser.add_argument('--cudnn_benchmark', action='store_true',
@@ -124,9 +124,6 @@ def parse_args(argv, sdclr):
     if sdclr and args.random_prune_percent > args.prune_percent:
         parser.error(f'--random_prune_percent {args.random_prune_percent} must not exceed '
                      f'--prune_percent {args.prune_percent} (it is part of it)')
-    if args.gpu_aug and args.bcl and args.rand_k:
-        parser.error('--gpu_aug covers the base augmentation (SimCLR, SDCLR) so far, not BCL\'s RandAugment '
-                     'ops: drop --gpu_aug for BCL runs')
     return args
 
 
@@ -465,11 +462,12 @@ def run(args, step_fn, before_epoch=None):
             line = (f'epoch {epoch}/{args.epochs} loss {record["loss"]:.4f} lr {record["lr"]:.6g} time {train_s:.1f}s'
                     + ''.join(f' {k} {v:.4f}' for k, v in (epoch_metrics or {}).items()))
             probe_due = bool(args.eval_freq) and epoch % args.eval_freq == 0
-            epoch_state = parts.state(epoch)
-            checkpoints.check_finite(epoch_state, epoch, 'the end')
             paths = checkpoints.paths_due(epoch, probe_due or stop.requested)
-            checkpoints.write(epoch_state, paths, epoch)
-            del epoch_state
+            if paths:  # the state is built (and checked) only when it is saved (issue 12: epoch overhead)
+                epoch_state = parts.state(epoch)
+                checkpoints.check_finite(epoch_state, epoch, 'the end')
+                checkpoints.write(epoch_state, paths, epoch)
+                del epoch_state
             if probe_due and not stop.requested:
                 with torch.random.fork_rng(devices=[device.index] if device.type == 'cuda' else []):  # training's RNG
                     result = full_shot_eval(model, probe_data, device, num_workers=args.num_workers,

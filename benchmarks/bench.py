@@ -54,12 +54,12 @@ What is timed:
   float32 path, without --baseline).
 - Loader ceiling: images/s of the augmentation pipelines alone (base SimCLR two views, BCL
   k=1 and k=2 with weights uniform in [0, 1]) through a DataLoader with 1 worker, with
-  `--num_workers` and with all cores, no network.
+  `--num_workers` and with all cores, no network; and the same pipelines made by --gpu_aug on
+  the device (DeviceViews), per batch.
 
 Configurations: default (train.py as it runs without flags: deterministic cuDNN, as published),
 bf16 (--amp bf16), channels_last, compile, persistent (--persistent_workers), cudnn_benchmark
-(--cudnn_benchmark), tf32 (--tf32), gpu_aug (--gpu_aug: the views made on the device; SimCLR and
-SDCLR), all (every flag but --gpu_aug) and all_gpu_aug (every flag with --gpu_aug).
+(--cudnn_benchmark), tf32 (--tf32), gpu_aug (--gpu_aug: the views made on the device), all (every flag but --gpu_aug) and all_gpu_aug (every flag with --gpu_aug).
 """
 import argparse
 import hashlib
@@ -161,7 +161,7 @@ def smoke_settings(args):
     args.batch_size, args.steps, args.epochs, args.warmup_epochs = 4, 1, 1, 1
     args.num_workers, args.eval_images, args.probe_epochs, args.loader_images = 1, 4, 1, 16
     args.loader_workers = args.loader_workers or '1'
-    args.configs = args.configs or 'default'
+    args.configs = args.configs or 'default,gpu_aug'
     args.baseline = True
 
 
@@ -199,11 +199,14 @@ def prepare_data(args):
                               class_counts=np.bincount(labels[d_i], minlength=100), steady_loss=steady_loss)
 
 
-def two_view_dataset(data, pipeline):
+def two_view_dataset(data, pipeline, positions=None):
+    """The pipeline's two-view dataset over D_i (or its `positions`), BCL weights set by the real
+    update from the steady-state losses (weights over [0, 1])."""
+    indices = data.d_i if positions is None else data.d_i[positions]
     if pipeline == 'base':
-        return TwoViewCIFAR100(data.folder, data.d_i)
-    dataset = MemoBoostedCIFAR100(data.folder, data.d_i, rand_k=int(pipeline[-1]))
-    dataset.update_momentum_weight(data.steady_loss)  # the real update, weights over [0, 1]
+        return TwoViewCIFAR100(data.folder, indices)
+    dataset = MemoBoostedCIFAR100(data.folder, indices, rand_k=int(pipeline[-1]))
+    dataset.update_momentum_weight(data.steady_loss if positions is None else data.steady_loss[positions])
     return dataset
 
 
@@ -286,14 +289,15 @@ def bench_training(method, config, data, args, device):
     if flags.get('compile'):
         torch._dynamo.reset()  # a fresh cache: no recompile limit carried over from other models
 
-    dataset = two_view_dataset(data, 'base' if not spec['bcl'] else f'BCL k={spec["rand_k"]}')
+    pipeline = 'base' if not spec['bcl'] else f'BCL k={spec["rand_k"]}'
+    dataset = two_view_dataset(data, pipeline)
     if args.steps:  # a fixed random subset of whole batches, so that an epoch is `steps` steps
         epoch_set = Subset(dataset, torch.randperm(len(dataset))[:args.steps * args.batch_size].tolist())
     else:
         epoch_set = dataset
     persistent = flags.get('persistent', False) and args.num_workers > 0
     if flags.get('gpu_aug'):  # as train.run --gpu_aug: the same subset, its images on the device
-        subset = TwoViewCIFAR100(data.folder, data.d_i[epoch_set.indices] if args.steps else data.d_i)
+        subset = two_view_dataset(data, pipeline, epoch_set.indices if args.steps else None)
         loader = TimedLoader(DeviceViews(subset, EpochBatchSampler(len(subset), args.batch_size, 0), device))
     else:
         loader = TimedLoader(DataLoader(epoch_set, batch_size=args.batch_size, shuffle=True, drop_last=False,
@@ -469,10 +473,10 @@ def bench_loader(pipeline, workers, data, args, device):
             'images_per_s': seen / (time.perf_counter() - start)}
 
 
-def bench_device_augment(data, args, device, epochs=3):
-    """Images/s (each 2 views) of --gpu_aug's base augmentation alone on `device`: DeviceViews
-    over D_i at the benchmark's batch size, timed over whole epochs after one warm-up epoch."""
-    dataset = TwoViewCIFAR100(data.folder, data.d_i)
+def bench_device_augment(pipeline, data, args, device, epochs=3):
+    """Images/s (each 2 views) of --gpu_aug's augmentation alone on `device`: DeviceViews over
+    D_i at the benchmark's batch size, timed over whole epochs after one warm-up epoch."""
+    dataset = two_view_dataset(data, pipeline)
     views = DeviceViews(dataset, EpochBatchSampler(len(dataset), args.batch_size, 0), device)
     seconds, images = [], 0
     for epoch in range(epochs + 1):
@@ -485,8 +489,7 @@ def bench_device_augment(data, args, device, epochs=3):
             seconds.append(time.perf_counter() - start)
             images += count
     batch_ms = 1000 * sum(seconds) / (epochs * len(views))
-    return {'pipeline': 'base, on the device (--gpu_aug)', 'images_per_s': images / sum(seconds),
-            'batch_ms': batch_ms}
+    return {'pipeline': pipeline, 'images_per_s': images / sum(seconds), 'batch_ms': batch_ms}
 
 
 # ----------------------------------------------------------------------------- report
@@ -552,6 +555,13 @@ def print_loader(rows):
         print(f'| {pipeline} | ' + ' | '.join(f'{rates[w]:,.0f}' for w in workers) + ' |')
 
 
+def print_device_augment(rows, batch_size):
+    print(f'\n--gpu_aug augmentation alone on the device: images/s (each 2 views), ms per batch of {batch_size}')
+    print('| pipeline | img/s | ms per batch |\n|---|---|---|')
+    for r in rows:
+        print(f'| {r["pipeline"]} | {r["images_per_s"]:,.0f} | {r["batch_ms"]:.1f} |')
+
+
 def print_report(results):
     s = results['settings']
     print(f'\n## {results["device"]}, torch {results["torch"]}; batch {s["batch_size"]}, '
@@ -563,6 +573,8 @@ def print_report(results):
         print_eval(results['eval'], s, reference)
     if results['loader']:
         print_loader(results['loader'])
+    if results.get('device_augment'):
+        print_device_augment(results['device_augment'], s['batch_size'])
     for line in results['bound']:
         print(line)
 
@@ -599,6 +611,8 @@ def check_sane(results):
         assert r['feature_passes'] == (11 if r['config'] == 'baseline' else 1), r
     for r in results['loader']:
         assert r['images'] > 0 and math.isfinite(r['images_per_s']) and r['images_per_s'] > 0, r
+    for r in results.get('device_augment', []):
+        assert math.isfinite(r['images_per_s']) and r['images_per_s'] > 0 and r['batch_ms'] > 0, r
 
 
 def cpu_model():
@@ -639,9 +653,6 @@ def main(argv=None):
     if 'train' in parts:
         for method in methods:
             for config in configs:
-                if CONFIGS[config].get('gpu_aug') and METHODS[method]['bcl']:
-                    print(f'train {method:6} {config:13} skipped: --gpu_aug does not cover BCL yet', flush=True)
-                    continue
                 r = bench_training(method, config, data, args, device)
                 results['training'].append(r)
                 print(f'train {method:6} {config:13} {r["images_per_s"]:9.1f} img/s  data wait '
@@ -664,9 +675,11 @@ def main(argv=None):
                 r = bench_loader(pipeline, w, data, args, device)
                 results['loader'].append(r)
                 print(f'loader {pipeline:8} {w:2} workers {r["images_per_s"]:9.1f} img/s', flush=True)
-        if any(not METHODS[m]['bcl'] for m in methods):
-            results['device_augment'] = r = bench_device_augment(data, args, device)
-            print(f'device augmentation (--gpu_aug, base): {r["images_per_s"]:,.0f} img/s, '
+        results['device_augment'] = []
+        for pipeline in dict.fromkeys(PIPELINES[m] for m in methods):
+            r = bench_device_augment(pipeline, data, args, device)
+            results['device_augment'].append(r)
+            print(f'device augmentation (--gpu_aug) {pipeline:8} {r["images_per_s"]:9,.0f} img/s, '
                   f'{r["batch_ms"]:.1f} ms per batch of {args.batch_size} (two views each)', flush=True)
     results['bound'] = bound_lines(results)
     print_report(results)

@@ -1,7 +1,7 @@
 """Design 1.2's base augmentation as batched tensor ops on any device, pixel-exact with the PIL
 path (issue 12, design 8).
 
-Given the parameters of data/view_params.py, `base_views` gives, for a whole batch at once, the
+Given the parameters of data/view_params.py, `base_pixels` gives, for a whole batch at once, the
 same uint8 pixels as data/augmentations.augment_view (torchvision's functional ops on PIL),
 because every op repeats Pillow's arithmetic:
 
@@ -16,7 +16,11 @@ because every op repeats Pillow's arithmetic:
   torchvision does (wrapping uint8 add of int(hue * 255)).
 
 Only IEEE-exact ops (+, -, *, / of float32 or float64 as C evaluates them, floor, trunc,
-comparisons) are used, so CPU and CUDA give the same bits. tests/test_batched_augment.py checks
+comparisons) are used, so CPU and CUDA give the same bits: a division by a number that is not a
+power of two goes through `divide`, because PyTorch's CUDA kernel multiplies by the reciprocal of
+a Python-number divisor (and `number / tensor` is a reciprocal times the number everywhere).
+No step sends host data to the device or reads a device value (no host sync per batch):
+constants are Python numbers or made on the device. tests/test_batched_augment.py checks
 every op against PIL.
 """
 import torch
@@ -26,6 +30,11 @@ from data.view_params import ViewParams
 PRECISION_BITS = 22  # Pillow's Resample.c: 32 - 8 - 2
 VIEW_SIZE = 32
 TAPS = 5  # Pillow's ksize for an upscale: ceil(support 2) * 2 + 1
+
+
+def divide(x, divisor):
+    """x / divisor, correctly rounded on every device (see the module docstring)."""
+    return x / torch.full((), divisor, dtype=x.dtype, device=x.device)  # made on the device: no copy
 
 
 def _bicubic(x):
@@ -91,10 +100,14 @@ def brightness(pixels, factor):
     return blend(torch.zeros_like(pixels), pixels, factor)
 
 
-def contrast(pixels, factor):
+def mean_grey(pixels):
+    """ImageEnhance.Contrast's degenerate level: int(mean(L) + 0.5) per image, [B, 1, 1, 1]."""
     grey = luminance(pixels)
-    mean = torch.floor(grey.sum((1, 2, 3), keepdim=True) / grey[0].numel() + 0.5)  # int(mean + 0.5)
-    return blend(mean.expand_as(pixels), pixels, factor)
+    return torch.floor(grey.sum((1, 2, 3), keepdim=True) / grey[0].numel() + 0.5)  # numel 1024: exact
+
+
+def contrast(pixels, factor):
+    return blend(mean_grey(pixels).expand_as(pixels), pixels, factor)
 
 
 def saturation(pixels, factor):
@@ -122,7 +135,7 @@ def hue(pixels, factor):
     h = torch.where(r == maxc, (bc - gc).to(f64),
                     torch.where(g == maxc, (2.0 + rc.to(f64)) - bc.to(f64),
                                 (4.0 + gc.to(f64)) - rc.to(f64))).to(f32)
-    shifted = h.to(f64) / 6.0 + 1.0
+    shifted = divide(h.to(f64), 6.0) + 1.0
     h = torch.where(shifted >= 1.0, shifted - 1.0, shifted).to(f32)  # fmod(x, 1) for x in (0, 2)
     hue_byte = torch.where(grey, 0.0, torch.trunc(h.to(f64) * 255.0).clamp(0, 255))
     sat_byte = torch.where(grey, 0.0, torch.trunc(s.to(f64) * 255.0).clamp(0, 255))
@@ -130,10 +143,10 @@ def hue(pixels, factor):
     shift = torch.trunc(factor.double() * 255.0)[:, None, None]  # np.int32(hue * 255)
     hue_byte = torch.remainder(hue_byte + shift, 256.0)  # uint8 wrap-around
     # hsv2rgb
-    hh = hue_byte.to(f32).to(f64) * 6.0 / 255.0
+    hh = divide(hue_byte.to(f32).to(f64) * 6.0, 255.0)
     i = torch.floor(hh)
     frac = (hh - i).to(f32)
-    fs = (sat_byte.to(f64) / 255.0).to(f32)
+    fs = divide(sat_byte.to(f64), 255.0).to(f32)
     v = value.to(f32).to(f64)
     p = _round_half_away(v * (1.0 - fs.to(f64))).clamp(0, 255)
     q = _round_half_away(v * (1.0 - (fs * frac).to(f64))).clamp(0, 255)
@@ -151,12 +164,11 @@ def hue(pixels, factor):
 JITTER_OPS = (brightness, contrast, saturation, hue)  # ColorJitter's fn_idx order
 
 
-def base_views(images, params: ViewParams):
-    """Both views of each image (uint8 [B, 3, H, W]) from their parameters: float32
-    [B, 2, 3, 32, 32] in [0, 1], equal to ToTensor(augment_view(...)) of the PIL path for views
-    without RandAugment ops."""
-    batch = len(images)
-    pixels = resized_crop(images.repeat_interleave(2, 0), params.crop.reshape(-1, 4))  # [2B, 3, 32, 32]
+def base_pixels(images, params: ViewParams):
+    """Design 1.2's base augmentation of both views of each image (uint8 [B, 3, H, W]) from their
+    parameters: float64 pixel values [2B, 3, 32, 32], the views of each image in turn, equal to
+    the PIL path's augment_view without RandAugment ops."""
+    pixels = resized_crop(images.repeat_interleave(2, 0), params.crop.reshape(-1, 4))
     flip = params.flip.reshape(-1)[:, None, None, None]
     pixels = torch.where(flip, pixels.flip(3), pixels)
     jitter = params.jitter.reshape(-1)[:, None, None, None]
@@ -166,5 +178,9 @@ def base_views(images, params: ViewParams):
             turn = jitter & (order[:, position] == op_index)[:, None, None, None]
             pixels = torch.where(turn, op(pixels, factors[:, op_index]), pixels)
     gray = params.gray.reshape(-1)[:, None, None, None]
-    pixels = torch.where(gray, luminance(pixels).expand_as(pixels), pixels)
-    return (pixels.float() / 255).reshape(batch, 2, 3, VIEW_SIZE, VIEW_SIZE)
+    return torch.where(gray, luminance(pixels).expand_as(pixels), pixels)
+
+
+def to_views(pixels):
+    """[2B, 3, 32, 32] pixel values -> float32 [B, 2, 3, 32, 32] in [0, 1], as ToTensor."""
+    return divide(pixels.float(), 255.0).reshape(-1, 2, 3, VIEW_SIZE, VIEW_SIZE)

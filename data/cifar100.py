@@ -89,9 +89,15 @@ class TwoViewCIFAR100(Dataset):
     def views_key(self):
         return keyed_seed(self.seed, int(self.epoch), AUGMENT_STREAM)
 
-    def view_params(self, positions):
-        """data.view_params.ViewParams of the samples at `positions` (int64 tensor) this epoch."""
-        return draw_views(self.views_key(), positions, self.images.shape[1:3])
+    rand_k, rand_strength, momentum_weight = 0, 30, None  # no RandAugment (MemoBoostedCIFAR100 has it)
+
+    def view_params(self, positions, momentum_weight=None):
+        """data.view_params.ViewParams of the samples at `positions` (int64 tensor) this epoch;
+        BCL's weights read from `momentum_weight` (a copy on the positions' device) or, by default,
+        from self.momentum_weight."""
+        weight = self.momentum_weight if momentum_weight is None else momentum_weight
+        return draw_views(self.views_key(), positions, self.images.shape[1:3], self.rand_k,
+                          None if weight is None else weight[positions], self.rand_strength)
 
     def __getitems__(self, positions):
         params = self.view_params(torch.as_tensor(positions, dtype=torch.int64)).per_view()

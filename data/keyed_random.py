@@ -50,9 +50,9 @@ def keyed_uniforms(key, positions, views, num_slots):
     if num_slots > SLOTS or not all(0 <= v < VIEWS for v in views):
         raise ValueError(f'at most {SLOTS} slots and views in [0, {VIEWS}), got {num_slots}, {views}')
     device = positions.device
-    view = torch.tensor(views, dtype=torch.int64, device=device)
     slot = torch.arange(num_slots, dtype=torch.int64, device=device)
-    counter = (positions.long()[:, None, None] * VIEWS + view[None, :, None]) * SLOTS + slot
+    rows = torch.stack([positions.long() * VIEWS + view for view in views], 1)  # no host data sent
+    counter = rows[..., None] * SLOTS + slot
     second_key = int(mix64(torch.tensor(key, dtype=torch.int64)).item())
     bits = mix64(mix64(counter * GOLDEN + key) ^ second_key)
     return _shift_right(bits, 11).double() * 2.0 ** -53  # the top 53 bits: exact in float64

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from data.cifar100 import TwoViewCIFAR100
-from data.view_params import draw_views
 
 
 def momentum_weight(momentum_loss):
@@ -30,7 +29,9 @@ def momentum_weight(momentum_loss):
 
 
 class MemoBoostedCIFAR100(TwoViewCIFAR100):
-    """Two-view dataset whose RandAugment strength and probability follow per-sample weights."""
+    """Two-view dataset whose RandAugment strength and probability follow per-sample weights:
+    view_params draws RandAugmentProb(k, m_i, p=w_i) after the base views (design 1.4; with
+    k >= 2 both views of a sample share its u, hence m_i)."""
 
     def __init__(self, data_folder, indices, rand_k=1, rand_strength=30, seed=0, download=True):
         super().__init__(data_folder, indices, seed=seed, download=download)
@@ -46,9 +47,3 @@ class MemoBoostedCIFAR100(TwoViewCIFAR100):
             raise ValueError(f'momentum loss has shape {tuple(weight.shape)}, '
                              f'expected {tuple(self.momentum_weight.shape)}')
         self.momentum_weight.copy_(weight)
-
-    def view_params(self, positions):
-        """The base views' parameters plus RandAugmentProb(k, m_i, p=w_i)'s draws (design 1.4):
-        with k >= 2 both views of a sample share its u, hence m_i."""
-        return draw_views(self.views_key(), positions, self.images.shape[1:3], self.rand_k,
-                          self.momentum_weight[positions], self.rand_strength)

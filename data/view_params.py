@@ -122,8 +122,6 @@ def draw_views(key, positions, size=(32, 32), rand_k=0, weight=None, rand_streng
     height, width = size
     u = keyed_uniforms(key, positions, (0, 1), RAND_AUGMENT + OP_SLOTS * rand_k)  # [B, 2, slots]
     batch = len(positions)
-    factors_low = u.new_tensor([low for low, _ in JITTER_RANGES])
-    factors_span = u.new_tensor([high - low for low, high in JITTER_RANGES])
     draws = u[..., RAND_AUGMENT:].reshape(batch, 2, rand_k, OP_SLOTS)
     if rand_k:
         shared_u = keyed_uniforms(key, positions, (SHARED_VIEW,), 1)[:, 0, 0]
@@ -136,7 +134,8 @@ def draw_views(key, positions, size=(32, 32), rand_k=0, weight=None, rand_streng
         flip=u[..., FLIP] < FLIP_P,
         jitter=u[..., JITTER_APPLY] < JITTER_P,
         jitter_order=torch.argsort(u[..., JITTER_ORDER:JITTER_ORDER + 4], dim=-1),
-        jitter_factors=factors_low + factors_span * u[..., JITTER_FACTORS:JITTER_FACTORS + 4],
+        jitter_factors=torch.stack([low + (high - low) * u[..., JITTER_FACTORS + i]
+                                    for i, (low, high) in enumerate(JITTER_RANGES)], -1),
         gray=u[..., GRAY] < GRAY_P,
         magnitude=magnitude[:, None].expand(batch, 2),
         ops=uniform_int(draws[..., 0], NUM_OPS),

@@ -1,15 +1,24 @@
-"""data/batched_augment.py against PIL (issue 12, design 8): every op, over many random images
-and parameters, gives PIL's uint8 pixels exactly; so does the whole base augmentation, view for
-view; and the device gives the CPU's bits."""
+"""data/batched_augment.py and data/batched_randaug.py against PIL (issue 12, design 8): every
+op, over many random images and parameters, gives PIL's uint8 pixels exactly; so does the whole
+two-view pipeline (base augmentation and BCL's RandAugment), view for view; and the device gives
+the CPU's bits."""
+import math
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.overrides import TorchFunctionMode
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from data import batched_augment as B
+from data import batched_randaug as R
+from data import randaug
 from data.augmentations import augment_view
+from data.device_views import DeviceViews, make_views
+from data.memoboosted_cifar100 import MemoBoostedCIFAR100
+from data.sampler import EpochBatchSampler
 from data.view_params import draw_views
 from utils import keyed_seed
 
@@ -39,7 +48,8 @@ def as_batch(images, device='cpu'):
 
 
 def as_pixels(batch):
-    """float pixel values [B, 3, H, W] -> uint8 numpy [B, H, W, 3]"""
+    """float pixel values [B, 3, H, W] (checked: integers in [0, 255]) -> uint8 numpy [B, H, W, 3]"""
+    assert batch.min() >= 0 and batch.max() <= 255 and torch.equal(batch, batch.round())
     return batch.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
@@ -84,15 +94,180 @@ def test_grayscale_is_pils():
         assert np.array_equal(got, np.asarray(F.rgb_to_grayscale(Image.fromarray(image), num_output_channels=3)))
 
 
-def test_base_views_equal_the_pil_path_view_for_view(device):
-    """Design 1.2's whole base augmentation for 400 images x 2 views drawn by the keyed sampler:
-    base_views on `device` == ToTensor(augment_view(PIL image, the same parameters)), exactly."""
-    images = sample_images(seed=4)
-    drawn = params(NUM_IMAGES, seed=5)
-    views = B.base_views(as_batch(images, device), draw_views(
-        keyed_seed(5, 1, 2), torch.arange(NUM_IMAGES, device=device), (32, 32), 0))
+def special_images():
+    """Edge cases of the histogram ops: one colour; a top level holding all but 24 pixels
+    (equalize's step 0: identity); 509 pixels below the top level (step 1: the table exceeds 255
+    and is clipped); two levels."""
+    images = np.zeros((4, 32, 32, 3), dtype=np.uint8)
+    images[0] = (7, 200, 255)
+    images[1] = 200
+    images[1].reshape(-1, 3)[:24] = 10
+    flat = images[2].reshape(-1, 3)
+    flat[:509] = np.arange(509)[:, None] % 101
+    flat[509:] = 255
+    images[3, :, :16] = 3
+    images[3, :, 16:] = 250
+    return images
+
+
+# op -> values drawn uniformly (signed ops: both signs) plus edge values; design 1.3's ranges
+OP_VALUES = {
+    'shear_x': (0.6, [0.0, 0.6, -0.6]), 'shear_y': (0.6, [0.0, 0.6, -0.6]),
+    # (2.5 - 1e-6) / 32: x + 0.5 just below 3, where Pillow's double path (no shear) and its
+    # fixed-point path (shear) would round differently
+    'translate_x': (0.66, [0.0, 0.66, -0.66, 0.5, -1 / 32, (2.5 - 1e-6) / 32]),
+    'translate_y': (0.66, [0.0, 0.66, -0.66, 0.5, -1 / 32, (2.5 - 1e-6) / 32]),
+    'rotate': (60.0, [0.0, 60.0, -60.0, 45.0, 30.0, -1e-9]),
+    'auto_contrast': (1.0, []), 'invert': (1.0, []), 'equalize': (1.0, []),
+    'solarize': (110.0, [0.0, 55.0, 110.0, 128.0, 255.0, 256.0]), 'posterize': (8.0, [0.5, 1.0, 4.0, 7.9, 8.0]),
+    'contrast': (1.9, [0.0, 0.1, 1.0, 1.9]), 'color': (1.9, [0.0, 0.1, 1.0, 1.9]),
+    'brightness': (1.9, [0.0, 0.1, 1.0, 1.9]), 'sharpness': (1.9, [0.0, 0.1, 1.0, 1.9]),
+    'cutout': (0.4, [0.0, 0.4, 1 / 32, 0.1]),
+}
+
+
+@pytest.mark.parametrize('index', range(randaug.NUM_OPS), ids=[op.__name__ for op, _, _ in randaug.OPS])
+def test_rand_augment_ops_are_pils(index):
+    """Each of the 15 RandAugment ops of design 1.3 at random values (and edge values) over 404
+    images and random Cutout centres: data/batched_randaug.apply_op == data/randaug's PIL op,
+    pixel for pixel."""
+    op, _, _ = randaug.OPS[index]
+    images = np.concatenate([special_images(), sample_images(seed=10 + index)])
+    n = len(images)
+    generator = torch.Generator().manual_seed(index)
+    high, edges = OP_VALUES[op.__name__]
+    low = -high if op in randaug.SIGNED else 0.0
+    values = torch.empty(n, dtype=torch.float64).uniform_(low, high, generator=generator)
+    values[4:4 + len(edges)] = torch.tensor(edges, dtype=torch.float64)
+    centres = torch.rand(n, 2, dtype=torch.float64, generator=generator)
+    centres[:3] = torch.tensor([[0.0, 0.0], [1 - 2 ** -53, 0.5], [0.5, 1 / 32]], dtype=torch.float64)
+    out = as_pixels(R.apply_op(as_batch(images).double(), torch.full((n,), index), values, centres))
+    for image, value, centre, got in zip(images, values.tolist(), centres.tolist(), out):
+        img = Image.fromarray(image)
+        expected = op(img, value, centre) if op is randaug.cutout else op(img, value)
+        assert np.array_equal(got, np.asarray(expected)), (op.__name__, value, centre)
+
+
+def pil_rotate_matrix(angle, size=32):
+    """The matrix Image.rotate(angle) hands to its affine transform (Pillow's Python, rewritten)."""
+    angle = -math.radians(angle % 360.0)
+    a, b = round(math.cos(angle), 15), round(math.sin(angle), 15)
+    d, e = round(-math.sin(angle), 15), round(math.cos(angle), 15)
+    centre = size / 2
+    return [a, b, a * -centre + b * -centre + 0.0 + centre, d, e, d * -centre + e * -centre + 0.0 + centre]
+
+
+def test_rotate_matrix_is_pils_to_the_fixed_point():
+    """Rotate's matrix for 200,000 random angles in [-60, 60]: within 2e-15 of Pillow's (cos and
+    sin may differ in the last bit before the rounding to 15 digits; 16 times that for the
+    translation terms) and identical once Pillow quantises it to 16.16 fixed point, which is all
+    the pixels depend on."""
+    angles = torch.empty(200_000, dtype=torch.float64).uniform_(-60, 60, generator=torch.Generator().manual_seed(0))
+    ours = R.affine_matrices(torch.full((len(angles),), R.ROTATE), angles)
+    pils = torch.tensor([pil_rotate_matrix(a) for a in angles.tolist()], dtype=torch.float64)
+    tolerance = torch.tensor([2e-15, 2e-15, 4e-14, 2e-15, 2e-15, 4e-14], dtype=torch.float64)
+    assert ((ours - pils).abs() <= tolerance).all()
+    fixed = lambda m: torch.floor(m * 65536.0 + 0.5)
+    assert torch.equal(fixed(ours), fixed(pils))
+    assert torch.equal(fixed(ours[:, 2] + ours[:, 0] * 0.5 + ours[:, 1] * 0.5),
+                       fixed(pils[:, 2] + pils[:, 0] * 0.5 + pils[:, 1] * 0.5))
+
+
+def test_no_op_is_the_identity():
+    images = sample_images(seed=30)
+    pixels = as_batch(images).double()
+    n = len(images)
+    out = R.apply_op(pixels, torch.full((n,), R.NO_OP), torch.rand(n, dtype=torch.float64), torch.rand(n, 2, dtype=torch.float64))
+    assert torch.equal(out, pixels)
+
+
+@pytest.mark.parametrize('rand_k', [0, 1, 2])
+def test_views_equal_the_pil_path_view_for_view(device, rand_k):
+    """The whole two-view pipeline for 400 images x 2 views drawn by the keyed sampler (design
+    1.2, and with rand_k > 0 BCL's RandAugmentProb(k, m_i, p=w_i) of design 1.4 at random
+    weights): make_views on `device` == ToTensor(augment_view(PIL image, the same parameters)),
+    exactly."""
+    images = sample_images(seed=4 + rand_k)
+    weight = torch.rand(NUM_IMAGES, dtype=torch.float64, generator=torch.Generator().manual_seed(rand_k))
+    weight[:50] = 1.0  # every op applied, at the strongest magnitude
+    drawn = draw_views(keyed_seed(5, 1, 2), torch.arange(NUM_IMAGES), (32, 32), rand_k, weight)
+    views = make_views(as_batch(images, device), draw_views(
+        keyed_seed(5, 1, 2), torch.arange(NUM_IMAGES, device=device), (32, 32), rand_k, weight.to(device)))
     assert views.shape == (NUM_IMAGES, 2, 3, 32, 32) and views.dtype == torch.float32
+    if rand_k:  # the draws cover every op, applied and not
+        applied = drawn.ops[drawn.op_applied]
+        assert set(applied.tolist()) == set(range(randaug.NUM_OPS)) and (~drawn.op_applied).any()
     views = views.cpu()
     for image, pair, got in zip(images, drawn.per_view(), views):
         expected = torch.stack([F.to_tensor(augment_view(Image.fromarray(image), view)) for view in pair])
         assert torch.equal(got, expected)
+
+
+class InexactDivisions(TorchFunctionMode):
+    """Records every division PyTorch's CUDA kernels would not round correctly: a float tensor
+    divided by a Python number that is not a power of two (computed as a multiplication by its
+    reciprocal on CUDA) and a number divided by a tensor (reciprocal times the number, everywhere)."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, '__name__', '')
+        if name in ('__rdiv__', '__rtruediv__') or (
+                name in ('div', 'div_', 'true_divide') and isinstance(args[1], (int, float))
+                and args[0].is_floating_point() and math.frexp(args[1])[0] not in (0.5, -0.5)):
+            self.found.append((name, args[1]))
+        return func(*args, **(kwargs or {}))
+
+
+def test_views_divide_as_cuda_would_round_correctly():
+    """CUDA's exactness checked on the CPU: drawing the parameters and making BCL views (every op)
+    divides by no Python number other than a power of two (data.batched_augment.divide instead)."""
+    images = as_batch(sample_images(n=64, seed=7))
+    weight = torch.ones(64, dtype=torch.float64)
+    with InexactDivisions() as mode:
+        make_views(images, draw_views(keyed_seed(0, 1, 2), torch.arange(64), (32, 32), 3, weight))
+    assert mode.found == []
+    with InexactDivisions() as mode:  # the check itself sees both kinds
+        torch.ones(2) / 6.0, 255.0 / torch.ones(2), torch.ones(2) / 32
+    assert [name for name, _ in mode.found] == ['div', '__rdiv__']
+
+
+class HostTransfers(TorchFunctionMode):
+    """Records host data sent to another device: a tensor made from host values on it, or a CPU
+    tensor moved to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, '__name__', '')
+        result = func(*args, **kwargs)
+        made = name in ('tensor', 'as_tensor', 'new_tensor', 'from_numpy')
+        moved = name in ('to', 'cuda', 'copy_') and isinstance(args[0], torch.Tensor) and (
+            args[0].device.type == 'cpu' if name != 'copy_' else args[1].device.type == 'cpu')
+        if (made or moved) and isinstance(result, torch.Tensor) and result.device.type != 'cpu':
+            self.found.append(name)
+        return result
+
+
+def test_device_views_read_and_send_nothing_per_step(synthetic_cifar):
+    """--gpu_aug's per-step work has no host sync: an epoch of DeviceViews for BCL k=2 runs on
+    the meta device, where reading any value (item, bool, tolist, nonzero) fails, and sends host
+    data to it only when the epoch starts (its sample order and BCL weights), not per batch."""
+    dataset = MemoBoostedCIFAR100(synthetic_cifar, np.arange(100), rand_k=2)
+    dataset.update_momentum_weight(torch.rand(100, generator=torch.Generator().manual_seed(0)))
+    views = DeviceViews(dataset, EpochBatchSampler(100, 40, 0), torch.device('meta'))
+    views.batch_sampler.set_epoch(1)
+    dataset.set_epoch(1)
+    with HostTransfers() as mode:
+        batches = list(views)
+    assert [tuple(v.shape) for v, _ in batches] == [(40, 2, 3, 32, 32), (40, 2, 3, 32, 32), (20, 2, 3, 32, 32)]
+    assert all(v.device.type == 'meta' and p.device.type == 'meta' for v, p in batches)
+    assert mode.found == ['to', 'to']  # the epoch's order and weights, once
+    with HostTransfers() as mode:  # the check itself sees each kind
+        torch.tensor([1.0], device='meta'), torch.ones(1).to('meta'), torch.ones(1, device='meta').new_tensor([2])
+    assert mode.found == ['tensor', 'to', 'new_tensor']

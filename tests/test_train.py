@@ -208,34 +208,31 @@ def test_training_does_not_depend_on_loader_workers(small_args, tmp_path):
     assert_same_training_state(runs['main'], runs['resumed'])
 
 
-@pytest.mark.parametrize('method', ['SimCLR', 'SDCLR'])
+@pytest.mark.parametrize('method', ['SimCLR', 'SDCLR', 'BCL-I', 'BCL-D'])
 def test_gpu_aug_trains_the_same_run(method, small_args, tmp_path, device, monkeypatch):
-    """--gpu_aug (views made on the training device by data/batched_augment.py) against the PIL
-    loader path, 2 epochs with the same seed: the views are the same pixels, so the end states are
+    """--gpu_aug (views made on the training device by data/device_views.py) against the PIL
+    loader path, 3 epochs of the published command with the same seed: the views are the same
+    pixels (BCL's RandAugment at the weights of epochs 1 and 2 included), so the end states are
     bit-identical (on CUDA too, with the default deterministic cuDNN)."""
     import data.device_views
     made_on = []
-    batched = data.device_views.base_views
-    monkeypatch.setattr(data.device_views, 'base_views', lambda images, params: made_on.append(images.device)
+    batched = data.device_views.make_views
+    monkeypatch.setattr(data.device_views, 'make_views', lambda images, params: made_on.append(images.device)
                         or batched(images, params))
     main, command = PUBLISHED[method]
-    base = command.split() + small_args(tmp_path, epochs=2) + ['--gpus', gpus_flag(device)]
+    base = command.split() + small_args(tmp_path, epochs=3) + ['--gpus', gpus_flag(device)]
     runs = {}
     for name, extra in (('pil', []), ('gpu_aug', ['--gpu_aug'])):
         main(base + ['--save_dir', str(tmp_path / name)] + extra)
-        runs[name] = load(tmp_path / name / method / 'model.pt')
-    assert len(made_on) == 4 and all(d.type == device.type for d in made_on)  # 2 epochs x 2 batches, on device
-    assert runs['gpu_aug']['args']['gpu_aug'] and runs['pil']['epoch'] == runs['gpu_aug']['epoch'] == 2
+        runs[name] = load(tmp_path / name / command.split()[0] / 'model.pt')
+    assert len(made_on) == 6 and all(d.type == device.type for d in made_on)  # 3 epochs x 2 batches, on device
+    assert runs['gpu_aug']['args']['gpu_aug'] and runs['pil']['epoch'] == runs['gpu_aug']['epoch'] == 3
     for key, value in runs['pil']['state_dict'].items():
         assert torch.equal(value, runs['gpu_aug']['state_dict'][key]), key
     assert torch.equal(runs['pil']['momentum_loss'], runs['gpu_aug']['momentum_loss'])
-
-
-def test_gpu_aug_refuses_bcl_for_now(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(['BCL_I', '--bcl', '--gpu_aug'])
-    assert exit_info.value.code == 2
-    assert "not BCL's RandAugment ops" in capsys.readouterr().err
+    if 'BCL' in method:
+        weight = runs['gpu_aug']['momentum_weight']
+        assert torch.equal(runs['pil']['momentum_weight'], weight) and weight.std() > 0.1
 
 
 @pytest.mark.parametrize('value, expected', [([], False), (['--resume'], True),
