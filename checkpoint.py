@@ -113,10 +113,11 @@ def describe(names, limit=3):
 
 class Checkpoints:
     """The checkpoints of one experiment folder (design 5: `model.pt` every 2 epochs and after
-    the last, `model_{epoch}.pt` every `save_freq` epochs; 0 = never)."""
+    the last, `model_{epoch}.pt` every `save_freq` epochs; 0 = never). Only a process that
+    `writes` (rank 0 of a distributed run) writes or removes files."""
 
-    def __init__(self, folder, save_freq, last_epoch):
-        self.folder, self.save_freq, self.last_epoch = folder, save_freq, last_epoch
+    def __init__(self, folder, save_freq, last_epoch, writes=True):
+        self.folder, self.save_freq, self.last_epoch, self.writes = folder, save_freq, last_epoch, writes
         self.latest = os.path.join(folder, 'model.pt')
         self.newest_finite = None  # (path, epoch) of the newest checkpoint known to be finite
 
@@ -135,6 +136,8 @@ class Checkpoints:
 
     def remove_all(self):
         """--overwrite: start over in this folder (checkpoints and their temp files, log, metrics)."""
+        if not self.writes:
+            return
         for path in self.existing() + glob.glob(os.path.join(self.folder, 'model*.pt.tmp')):
             os.remove(path)
         for name in ('log.txt', 'metrics.jsonl'):
@@ -174,7 +177,7 @@ class Checkpoints:
         return paths
 
     def write(self, state, paths, epoch):
-        for path in paths:
+        for path in paths if self.writes else []:
             save(state, path)
         if self.latest in paths:
             self.newest_finite = (self.latest, epoch)

@@ -64,22 +64,25 @@ def _scalars(record, prefix=''):
 
 
 class MetricsLog:
-    """Appends one line per epoch to FOLDER/metrics.jsonl (and to TensorBoard in FOLDER/tensorboard)."""
+    """Appends one line per epoch to FOLDER/metrics.jsonl (and to TensorBoard in FOLDER/tensorboard);
+    does nothing when not `enabled` (ranks other than 0 of a distributed run)."""
 
-    def __init__(self, folder, first_epoch, tensorboard=False):
-        self.path = os.path.join(folder, 'metrics.jsonl')
-        if os.path.exists(self.path):
+    def __init__(self, folder, first_epoch, tensorboard=False, enabled=True):
+        self.path, self.enabled = os.path.join(folder, 'metrics.jsonl'), enabled
+        if enabled and os.path.exists(self.path):
             kept = [r for r in read_metrics(self.path) if r['epoch'] < first_epoch]
             tmp = f'{self.path}.tmp'
             with open(tmp, 'w') as f:
                 f.writelines(json.dumps(r) + '\n' for r in kept)
             os.replace(tmp, self.path)
         self.writer = None
-        if tensorboard:
+        if tensorboard and enabled:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(os.path.join(folder, 'tensorboard'), purge_step=first_epoch)
 
     def append(self, record):
+        if not self.enabled:
+            return
         with open(self.path, 'a') as f:
             f.write(json.dumps(record) + '\n')
         if self.writer is not None:

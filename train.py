@@ -10,6 +10,7 @@ import argparse
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from data.cifar100 import TwoViewCIFAR100, load_cifar100
 from data.device_views import DeviceViews
 from data.memoboosted_cifar100 import MemoBoostedCIFAR100
 from data.sampler import EpochBatchSampler
+from distributed import Distributed, from_environment, global_batch_norm
 from eval_cifar import GROUPS, full_shot_eval, prepare_full_shot
 from losses.nt_xent import nt_xent
 from metrics import MetricsLog, bcl_weight_stats, check_tensorboard
@@ -30,7 +32,7 @@ from models.utils import load_pretrained
 from preemption import Preempted, StopRequest, ignore_in_worker
 from split.resolve import load_split
 from utils import (ArgumentParser, InputError, Logger, compile_model, cosine_annealing, fail, float_in,
-                   get_device, int_in, keyed_seed, rng_state, set_cudnn, set_rng_state, set_seed)
+                   int_in, keyed_seed, rng_state, set_cudnn, set_rng_state, set_seed)
 
 WARMUP_EPOCHS = 10  # design 5
 WORKER_SEED_STREAM = 1  # keyed_seed(seed, epoch, 1) seeds an epoch's loader workers
@@ -65,7 +67,8 @@ def get_parser(sdclr):
     parser.add_argument('--dataset', default='cifar100', choices=['cifar100'])
     parser.add_argument('--trainSplit', default='cifar100_imbSub_with_subsets/cifar100_split1_D_i.npy',
                         help='pre-training split, relative to split/')
-    parser.add_argument('--gpus', default='0', help="CUDA device id (first of a comma list), or 'cpu'")
+    parser.add_argument('--gpus', default='0', help="CUDA device id (first of a comma list), or 'cpu'; "
+                                                    "under torchrun each rank uses cuda:LOCAL_RANK ('cpu': gloo)")
     parser.add_argument('--seed', type=int_in(0), default=10)
     parser.add_argument('--num_workers', type=int_in(0), default=8)
     parser.add_argument('--model', default='resnet18', choices=['resnet18', 'resnet50'])
@@ -151,12 +154,13 @@ class MomentumLoss:
         self.value[index] = loss
 
 
-def simclr_step(model, images, temperature, autocast):
+def simclr_step(model, images, temperature, autocast, gather=lambda features: features):
     """design 5, SimCLR / BCL-I: both views in one forward pass (rows 2i, 2i+1 are the
-    views of sample i). Runs backward; returns the per-sample loss."""
+    views of sample i). Runs backward; returns the per-sample loss of the (global) batch.
+    `gather` makes one rank's features the global batch's (distributed.py)."""
     with autocast():
         features = model(images)
-    per_sample_loss = nt_xent(features, temperature, average=False)
+    per_sample_loss = nt_xent(gather(features), temperature, average=False)
     per_sample_loss.mean().backward()
     return per_sample_loss.detach()
 
@@ -189,11 +193,11 @@ def load_resume_checkpoint(args, save_dir):
     return path, state
 
 
-def make_save_dir(args):
+def make_save_dir(args, rank=0):
     save_dir = os.path.join(args.save_dir, args.experiment)
     try:
         os.makedirs(save_dir, exist_ok=True)
-        probe = os.path.join(save_dir, '.write_test')
+        probe = os.path.join(save_dir, f'.write_test{rank}')
         open(probe, 'w').close()
         os.remove(probe)
     except OSError as error:
@@ -222,21 +226,27 @@ class EpochProgress:
 
 
 def train_epoch(model, loader, optimizer, step_fn, momentum, epoch, args, lr_at, autocast,
-                device, memory_format, steps_per_epoch=None, progress=None, stop=None):
+                device, memory_format, steps_per_epoch=None, progress=None, stop=None, dist=None):
     """One pass over `loader` (the rest of an epoch, when `progress` says where it stopped).
 
     Returns an EpochProgress. After every step it checks `stop.requested` (preemption.StopRequest)
     and returns early, `stopped`, if a signal came. No host sync per step: the losses stay on the
     device and are checked every `args.print_freq` steps (Diverged on a non-finite loss).
+    With several ranks (`dist`, distributed.py) each step's features and positions are gathered
+    into the global batch's, and a stop signal is agreed on at those checks.
     """
+    dist = dist or Distributed(device)
+    gather = None
+    if dist.enabled:
+        bounds, sampler = loader.batch_sampler.batches(epoch), loader.batch_sampler
     model.train()
     steps = steps_per_epoch or len(loader)
     if progress is None:
         progress = EpochProgress(0, torch.zeros((), device=device), 0)
     step_losses = torch.zeros(steps, device=device)
     first_step = (epoch - 1) * steps
-    bar = tqdm(loader, desc=f'epoch {epoch}/{args.epochs}', leave=False, dynamic_ncols=True, disable=None,
-               initial=progress.step, total=steps)
+    bar = tqdm(loader, desc=f'epoch {epoch}/{args.epochs}', leave=False, dynamic_ncols=True,
+               disable=None if dist.is_main else True, initial=progress.step, total=steps)
     start, seen_here = time.time(), 0
     for i, (views, index) in enumerate(bar, start=progress.step):
         # design 5: the published loop advances the schedule before each optimiser step
@@ -246,7 +256,10 @@ def train_epoch(model, loader, optimizer, step_fn, momentum, epoch, args, lr_at,
         images = views.to(device, non_blocking=True).flatten(0, 1).contiguous(memory_format=memory_format)
         index = index.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        per_sample_loss = step_fn(model, images, args.temperature, autocast)
+        if dist.enabled:  # this rank's share of the batch -> the global batch
+            gather = partial(dist.gather, sizes=sampler.shares(bounds[i][1] - bounds[i][0]))
+            index = gather(index)
+        per_sample_loss = step_fn(model, images, args.temperature, autocast, *([gather] if gather else []))
         momentum.update(index, per_sample_loss, epoch)
         optimizer.step()
         step_losses[i] = per_sample_loss.mean()
@@ -254,11 +267,16 @@ def train_epoch(model, loader, optimizer, step_fn, momentum, epoch, args, lr_at,
         progress.seen += len(index)
         progress.step = i + 1
         seen_here += len(index)
-        if (i + 1) % args.print_freq == 0 or i + 1 == steps:
+        check_point = (i + 1) % args.print_freq == 0 or i + 1 == steps
+        if check_point:
             check_finite_loss(step_losses[:i + 1], epoch)  # one host sync
             bar.set_postfix(loss=f'{step_losses[i].item():.4f}', lr=f'{lr:.4g}',
                             img_s=f'{seen_here / (time.time() - start):.0f}')
-        if stop is not None and stop.requested and i + 1 < steps:
+        if dist.enabled:  # a collective, at the same steps on every rank: all stop after the same step
+            stopping = check_point and dist.agree_stop(stop)
+        else:
+            stopping = stop is not None and stop.requested
+        if stopping and i + 1 < steps:
             check_finite_loss(step_losses[:i + 1], epoch)
             progress.stopped = True
             break
@@ -368,6 +386,15 @@ def training_data(args):
     return dataset, prepare_full_shot(args.data_folder, args.trainSplit, '--eval_freq 0') if probes else None
 
 
+def check_shares(sampler):
+    """Every rank needs a sample of every batch (a rank's share is at least one sample)."""
+    smallest = min(end - start for start, end in sampler.batches(1))
+    if smallest < sampler.world_size:
+        raise InputError(f'a batch of {smallest} sample(s) (the last of each epoch: {sampler.num_samples} samples in '
+                         f'batches of {sampler.batch_size}) cannot be shared by {sampler.world_size} processes: '
+                         f'use fewer processes or another --batch_size')
+
+
 def prepare_folder(args, checkpoints, save_dir):
     """The checkpoint to resume, or (None, None) for a fresh run, which must replace nothing
     unless --overwrite (whose deletion waits until every input has been read: start_over)."""
@@ -392,18 +419,22 @@ def run(args, step_fn, before_epoch=None):
     """
     if args.tensorboard:
         check_tensorboard()
-    device = get_device(args.gpus)
+    dist = from_environment(args.gpus)  # one process, or this rank of a torchrun job
+    device = dist.device
     set_cudnn(device, args.cudnn_benchmark, args.tf32)
     set_seed(args.seed)
-    save_dir = make_save_dir(args)
-    checkpoints = Checkpoints(save_dir, args.save_freq, args.epochs)
+    save_dir = make_save_dir(args, dist.rank)
+    checkpoints = Checkpoints(save_dir, args.save_freq, args.epochs, writes=dist.is_main)
     resume_path, state = prepare_folder(args, checkpoints, save_dir)
 
     dataset, probe_data = training_data(args)
-    sampler = EpochBatchSampler(len(dataset), args.batch_size, args.seed)
+    sampler = EpochBatchSampler(len(dataset), args.batch_size, args.seed, dist.rank, dist.world_size)
+    check_shares(sampler)
     loader = make_loader(dataset, sampler, args, device)
 
     model = build_model(prune=args.sdclr, network=args.model, num_class=args.num_class)
+    if dist.enabled:
+        global_batch_norm(model)  # design 5's BatchNorm over the global batch
     if args.checkpoint and not args.resume:
         load_pretrained(model, args.checkpoint, wrong_family_advice=RETRAIN_ADVICE)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -419,7 +450,7 @@ def run(args, step_fn, before_epoch=None):
 
     if args.overwrite and not args.resume:  # every input read: only now delete the old run
         checkpoints.remove_all()
-    log = Logger(os.path.join(save_dir, 'log.txt'))
+    log = Logger(os.path.join(save_dir, 'log.txt'), enabled=dist.is_main)
     start_epoch, progress, epoch_metrics = 1, None, None
     if state is not None:
         start_epoch, progress, epoch_metrics = parts.restore(state)
@@ -431,9 +462,11 @@ def run(args, step_fn, before_epoch=None):
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == 'bf16')  # noqa: E731
     if args.compile:
         compile_model(model)
+    trained = dist.wrap(model, find_unused_parameters=args.sdclr)  # SDCLR: each pass uses one BN of each pair
     log.log(f'{method_name(args)} arguments: {vars(args)}')
-    log.log(f'device: {device}; split {args.trainSplit}: {class_distribution(dataset.class_counts)}')
-    history = MetricsLog(save_dir, start_epoch, args.tensorboard)
+    log.log(f'device: {device}' + (f' (rank 0 of {dist.world_size})' if dist.enabled else '')
+            + f'; split {args.trainSplit}: {class_distribution(dataset.class_counts)}')
+    history = MetricsLog(save_dir, start_epoch, args.tensorboard, enabled=dist.is_main)
 
     with StopRequest() as stop:
         for epoch in range(start_epoch, args.epochs + 1):
@@ -442,8 +475,8 @@ def run(args, step_fn, before_epoch=None):
                 epoch_metrics = before_epoch(model, epoch, args) if before_epoch is not None else None
             start_epoch_loader(loader, args.seed, epoch, progress.step if progress else 0)
             try:
-                progress = train_epoch(model, loader, optimizer, step_fn, momentum, epoch, args, lr_at, autocast,
-                                       device, memory_format, steps_per_epoch, progress, stop)
+                progress = train_epoch(trained, loader, optimizer, step_fn, momentum, epoch, args, lr_at, autocast,
+                                       device, memory_format, steps_per_epoch, progress, stop, dist)
             except Diverged as error:
                 raise checkpoints.diverged(str(error)) from None
             if progress.stopped:
@@ -468,7 +501,7 @@ def run(args, step_fn, before_epoch=None):
                 checkpoints.check_finite(epoch_state, epoch, 'the end')
                 checkpoints.write(epoch_state, paths, epoch)
                 del epoch_state
-            if probe_due and not stop.requested:
+            if probe_due and not stop.requested and dist.is_main:
                 with torch.random.fork_rng(devices=[device.index] if device.type == 'cuda' else []):  # training's RNG
                     result = full_shot_eval(model, probe_data, device, num_workers=args.num_workers,
                                             amp=args.amp, channels_last=args.channels_last)
@@ -476,11 +509,12 @@ def run(args, step_fn, before_epoch=None):
                 record['probe'] = {k: result[k] for k in ('top1', 'top5') + GROUPS}
             log.log(line)
             history.append(record)
-            if stop.requested and epoch < args.epochs:
+            if (dist.agree_stop(stop) if dist.enabled else stop.requested) and epoch < args.epochs:
                 if checkpoints.latest not in paths:  # the signal came after this epoch's save
                     checkpoints.write(parts.state(epoch), [checkpoints.latest], epoch)
                 raise Preempted(stop, log, f'after epoch {epoch}: saved {checkpoints.latest}')
     history.close()
+    dist.close()
     return model, momentum
 
 

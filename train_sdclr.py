@@ -12,27 +12,28 @@ from losses.nt_xent import nt_xent
 from models.sdclr import PruneMask
 
 
-def sdclr_step(model, images, temperature, autocast):
+def sdclr_step(model, images, temperature, autocast, gather=lambda features: features):
     """design 5, SDCLR / BCL-D: returns the per-sample loss of the dense branch.
 
     (a) pruned network on view 2 without gradient; (b) dense network on view 1,
     loss(dense1, pruned2 detached) -> momentum update and backward; (c) pruned network on
     view 2 with gradient, loss(dense1 detached, pruned2) -> backward. The caller then takes
-    one optimiser step for both.
+    one optimiser step for both. `gather` makes one rank's features the global batch's
+    (distributed.py; `model` is then the DDP wrapper, its network `model.module`).
     """
     view1, view2 = images[0::2], images[1::2]
-    backbone = model.backbone
+    backbone = getattr(model, 'module', model).backbone
     with torch.no_grad(), autocast():
         backbone.set_prune_flag(True)
-        pruned2 = model(view2)
+        pruned2 = gather(model(view2))
     with autocast():
         backbone.set_prune_flag(False)
-        dense1 = model(view1)
+        dense1 = gather(model(view1))
     per_sample_loss = nt_xent(dense1, temperature, features2=pruned2, average=False)
     per_sample_loss.mean().backward()
     with autocast():
         backbone.set_prune_flag(True)
-        pruned2 = model(view2)
+        pruned2 = gather(model(view2))
     nt_xent(dense1.detach(), temperature, features2=pruned2).backward()
     backbone.set_prune_flag(False)
     return per_sample_loss.detach()

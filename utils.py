@@ -118,13 +118,16 @@ class AverageMeter:
 
 
 class Logger:
-    """Prints a line and appends it to a log file (created with its folder)."""
+    """Prints a line and appends it to a log file (created with its folder); does nothing when not
+    `enabled` (ranks other than 0 of a distributed run)."""
 
-    def __init__(self, path):
-        self.path = path
+    def __init__(self, path, enabled=True):
+        self.path, self.enabled = path, enabled
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
     def log(self, message):
+        if not self.enabled:
+            return
         print(message, flush=True)
         with open(self.path, 'a') as f:
             f.write(message + '\n')

@@ -23,8 +23,9 @@ matrix to 1/65536 (its fixed-point path), so a pixel changes only if a matrix en
 lies within about 1e-10 of a half-integer: the fixed-point matrices agreed for all of 200,000
 random angles in the tests, and a pixel should differ less than once in 10^9 rotations. (Likewise
 the order in which the SMOOTH filter adds its rows is Pillow's, though no order was seen to change
-a pixel in 2 million random neighbourhoods.) Every other step is IEEE-exact (+, -, *, / in float32 or float64 as C evaluates them,
-floor, trunc, comparisons, integer ops), so CPU and CUDA give the same bits.
+a pixel in 2 million random neighbourhoods.) Every other step is IEEE-exact (+, -, *, / in float32
+or float64 as C evaluates them, floor, trunc, comparisons, integer ops), so CPU and CUDA give the
+same bits.
 """
 import math
 
@@ -154,7 +155,8 @@ def smooth(pixels):
     for dy in (1, 0, -1):  # Pillow adds row y+1, then y, then y-1, each as left + centre + right
         rows = p[..., 1 + dy:height - 1 + dy, :]
         weights = SMOOTH_KERNEL[1 - dy]
-        row_sum = (rows[..., 0:width - 2] * weights[0] + rows[..., 1:width - 1] * weights[1]) + rows[..., 2:] * weights[2]
+        left, centre, right = rows[..., 0:width - 2], rows[..., 1:width - 1], rows[..., 2:]
+        row_sum = (left * weights[0] + centre * weights[1]) + right * weights[2]
         total = total + row_sum
     out = pixels.clone()
     out[..., 1:-1, 1:-1] = torch.trunc(total.clamp(0, 255)).double()

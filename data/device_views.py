@@ -36,5 +36,5 @@ class DeviceViews:
         order = sampler.order(sampler.epoch).to(self.device)
         weight = None if dataset.momentum_weight is None else dataset.momentum_weight.to(self.device)
         for start, end in sampler.batches(sampler.epoch)[sampler.start_step:]:
-            positions = order[start:end]
+            positions = order[slice(*sampler.share(start, end))]  # this rank's share (distributed.py)
             yield make_views(self.images[positions], dataset.view_params(positions, weight)), positions

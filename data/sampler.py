@@ -22,12 +22,16 @@ from utils import keyed_seed
 
 class EpochBatchSampler(Sampler):
     """Yields lists of dataset positions, one list per step; `set_epoch(epoch, start_step)` picks
-    the epoch (1-based) and skips its first `start_step` batches (a mid-epoch resume)."""
+    the epoch (1-based) and skips its first `start_step` batches (a mid-epoch resume).
 
-    def __init__(self, num_samples, batch_size, seed):
+    With several ranks (distributed.py) the batches are the global ones, the same on every rank,
+    and rank r yields its share of each: `share(start, end)`, contiguous, sizes `shares(n)`."""
+
+    def __init__(self, num_samples, batch_size, seed, rank=0, world_size=1):
         if num_samples < 2:
             raise ValueError(f'need at least 2 samples to train, got {num_samples}')
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.start_step = 1, 0
 
     @property
@@ -49,10 +53,22 @@ class EpochBatchSampler(Sampler):
         steps, size = self.steps_per_epoch, self.batch_size
         return [(s * size, self.num_samples if s == steps - 1 else (s + 1) * size) for s in range(steps)]
 
+    def shares(self, batch):
+        """The sizes of the ranks' shares of a batch of `batch` samples (the first ones one larger)."""
+        size, larger = divmod(batch, self.world_size)
+        return [size + (rank < larger) for rank in range(self.world_size)]
+
+    def share(self, start, end):
+        """This rank's [start, end) of the batch [start, end) of the order."""
+        sizes = self.shares(end - start)
+        first = start + sum(sizes[:self.rank])
+        return first, first + sizes[self.rank]
+
     def __len__(self):
         return self.steps_per_epoch - self.start_step
 
     def __iter__(self):
         order = self.order(self.epoch).tolist()
         for start, end in self.batches(self.epoch)[self.start_step:]:
-            yield order[start:end]
+            first, last = self.share(start, end)
+            yield order[first:last]

@@ -177,7 +177,8 @@ def test_no_op_is_the_identity():
     images = sample_images(seed=30)
     pixels = as_batch(images).double()
     n = len(images)
-    out = R.apply_op(pixels, torch.full((n,), R.NO_OP), torch.rand(n, dtype=torch.float64), torch.rand(n, 2, dtype=torch.float64))
+    values, centres = torch.rand(n, dtype=torch.float64), torch.rand(n, 2, dtype=torch.float64)
+    out = R.apply_op(pixels, torch.full((n,), R.NO_OP), values, centres)
     assert torch.equal(out, pixels)
 
 
