@@ -220,7 +220,7 @@ def test_gpu_aug_trains_the_same_run(method, small_args, tmp_path, device, monke
     monkeypatch.setattr(data.device_views, 'make_views', lambda images, params: made_on.append(images.device)
                         or batched(images, params))
     main, command = PUBLISHED[method]
-    base = command.split() + small_args(tmp_path, epochs=3) + ['--gpus', gpus_flag(device)]
+    base = command.split() + small_args(tmp_path, epochs=3) + ['--gpus', gpus_flag(device), '--save_freq', '0']
     runs = {}
     for name, extra in (('pil', []), ('gpu_aug', ['--gpu_aug'])):
         main(base + ['--save_dir', str(tmp_path / name)] + extra)
