@@ -206,8 +206,10 @@ def test_views_equal_the_pil_path_view_for_view(device, rand_k):
 
 class InexactDivisions(TorchFunctionMode):
     """Records every division PyTorch's CUDA kernels would not round correctly: a float tensor
-    divided by a Python number that is not a power of two (computed as a multiplication by its
-    reciprocal on CUDA) and a number divided by a tensor (reciprocal times the number, everywhere)."""
+    divided (or floor-divided) by a Python number that is not a power of two (computed with its
+    reciprocal on CUDA) and a number divided by a tensor (reciprocal times the number, everywhere).
+    (A CPU 0-dim tensor divisor of a CUDA tensor would be one too; on a CPU-only run it cannot be
+    told from an exact one: data/ divides by device scalars made with torch.full.)"""
 
     def __init__(self):
         super().__init__()
@@ -216,8 +218,9 @@ class InexactDivisions(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, '__name__', '')
         if name in ('__rdiv__', '__rtruediv__') or (
-                name in ('div', 'div_', 'true_divide') and isinstance(args[1], (int, float))
-                and args[0].is_floating_point() and math.frexp(args[1])[0] not in (0.5, -0.5)):
+                name in ('div', 'div_', 'true_divide', 'floor_divide', '__floordiv__')
+                and isinstance(args[1], (int, float)) and args[0].is_floating_point()
+                and math.frexp(args[1])[0] not in (0.5, -0.5)):
             self.found.append((name, args[1]))
         return func(*args, **(kwargs or {}))
 
@@ -232,7 +235,8 @@ def test_views_divide_as_cuda_would_round_correctly():
     assert mode.found == []
     with InexactDivisions() as mode:  # the check itself sees both kinds
         torch.ones(2) / 6.0, 255.0 / torch.ones(2), torch.ones(2) / 32
-    assert [name for name, _ in mode.found] == ['div', '__rdiv__']
+        torch.ones(2) // 3, torch.ones(2, dtype=torch.long) // 3
+    assert [name for name, _ in mode.found] == ['div', '__rdiv__', '__floordiv__']
 
 
 class HostTransfers(TorchFunctionMode):
