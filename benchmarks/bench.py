@@ -59,7 +59,8 @@ What is timed:
 
 Configurations: default (train.py as it runs without flags: deterministic cuDNN, as published),
 bf16 (--amp bf16), channels_last, compile, persistent (--persistent_workers), cudnn_benchmark
-(--cudnn_benchmark), tf32 (--tf32), gpu_aug (--gpu_aug: the views made on the device), all (every flag but --gpu_aug) and all_gpu_aug (every flag with --gpu_aug).
+(--cudnn_benchmark), tf32 (--tf32), gpu_aug (--gpu_aug: the views made on the device), all
+(every flag but --gpu_aug) and all_gpu_aug (every flag with --gpu_aug).
 """
 import argparse
 import hashlib

@@ -39,7 +39,8 @@ from data.randaug import CUTOUT_FILL, NUM_OPS, OPS, SIGNED
  POSTERIZE, CONTRAST, COLOR, BRIGHTNESS, SHARPNESS, CUTOUT) = range(NUM_OPS)
 NO_OP = NUM_OPS  # a slot whose op is not applied
 # ImageFilter.SMOOTH: weights 1 (5 in the centre) / 13 as C's float / float, float32 values
-SMOOTH_KERNEL = [[float(np.float32(w) / np.float32(13)) for w in row] for row in ((1, 1, 1), (1, 5, 1), (1, 1, 1))]
+SMOOTH_KERNEL = [[float(np.float32(w) / np.float32(13)) for w in row]
+                 for row in ((1, 1, 1), (1, 5, 1), (1, 1, 1))]
 
 
 def op_values(magnitude, op, sign):

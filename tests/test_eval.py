@@ -25,16 +25,22 @@ def gaussian_classes(num_class=100, dim=64, train_per_class=20, test_per_class=1
     return (*draw(train_per_class), *draw(test_per_class))
 
 
-def reference_probe(x, y, num_class, epochs, seed):
-    """A textbook probe of design 6 (nn.Linear, Adam, ExponentialLR, CrossEntropyLoss), drawing
-    the initial weights and the per-epoch permutations in eval_cifar's documented order."""
+def initial_probe(x, num_class, seed):
+    """design 6's probe before training: nn.Linear with eval_cifar's documented initial draws,
+    Adam, and the generator that then draws each epoch's permutation."""
     g = torch.Generator().manual_seed(seed)
     clf = nn.Linear(x.shape[1], num_class)
     bound = 1 / np.sqrt(x.shape[1])
     with torch.no_grad():
         clf.weight.uniform_(-bound, bound, generator=g)
         clf.bias.uniform_(-bound, bound, generator=g)
-    optimizer = torch.optim.Adam(clf.parameters(), lr=1e-2, weight_decay=5e-6)
+    return clf, torch.optim.Adam(clf.parameters(), lr=1e-2, weight_decay=5e-6), g
+
+
+def reference_probe(x, y, num_class, epochs, seed):
+    """A textbook probe of design 6 (nn.Linear, Adam, ExponentialLR, CrossEntropyLoss), drawing
+    the initial weights and the per-epoch permutations in eval_cifar's documented order."""
+    clf, optimizer, g = initial_probe(x, num_class, seed)
     for epoch in range(epochs):
         for group in optimizer.param_groups:  # 1e-2 decayed to 1e-6 after `epochs` epochs
             group['lr'] = 1e-2 * (1e-4) ** (epoch / epochs)
@@ -79,13 +85,7 @@ def test_probe_matches_textbook_probe_and_accuracy_definition():
 def autograd_probe(x, y, num_class, epochs, seed):
     """design 6's probe as torch's own parts: nn.Linear, autograd, torch.optim.Adam and
     ExponentialLR, with eval_cifar's documented draws (init, then one permutation per epoch)."""
-    g = torch.Generator().manual_seed(seed)
-    clf = nn.Linear(x.shape[1], num_class)
-    bound = 1 / np.sqrt(x.shape[1])
-    with torch.no_grad():
-        clf.weight.uniform_(-bound, bound, generator=g)
-        clf.bias.uniform_(-bound, bound, generator=g)
-    optimizer = torch.optim.Adam(clf.parameters(), lr=1e-2, weight_decay=5e-6)
+    clf, optimizer, g = initial_probe(x, num_class, seed)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=(1e-6 / 1e-2) ** (1 / epochs))
     for epoch in range(epochs):
         perm = torch.randperm(len(x), generator=g)
