@@ -69,7 +69,7 @@ def get_parser(sdclr):
                         help='pre-training split, relative to split/')
     parser.add_argument('--gpus', default='0', help="CUDA device id (first of a comma list), or 'cpu'; "
                                                     "under torchrun each rank uses cuda:LOCAL_RANK ('cpu': gloo)")
-    parser.add_argument('--seed', type=int_in(0), default=10)
+    parser.add_argument('--seed', type=int_in(0, 2 ** 32 - 1), default=10)
     parser.add_argument('--num_workers', type=int_in(0), default=8)
     parser.add_argument('--model', default='resnet18', choices=['resnet18', 'resnet50'])
     parser.add_argument('--batch_size', type=int_in(2), default=512,

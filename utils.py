@@ -67,8 +67,12 @@ def set_seed(seed):
 
 
 def keyed_seed(*key):
-    """A 64-bit seed that is a fixed function of a tuple of non-negative integers, e.g. (seed, epoch).
-    Streams keyed this way do not depend on what else drew random numbers before."""
+    """A 63-bit seed that is a fixed function of a tuple of integers in [0, 2^32), e.g. (seed, epoch).
+    Streams keyed this way do not depend on what else drew random numbers before. SeedSequence
+    pads with zeros, so (seed, epoch) and (seed, epoch, 0) are one key: the sample order takes the
+    bare (seed, epoch) and every other stream a third number >= 1."""
+    if not all(0 <= int(k) < 2 ** 32 for k in key):  # a larger int would be split into 32-bit words
+        raise ValueError(f'keyed_seed takes integers in [0, 2^32), got {key}')
     return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 

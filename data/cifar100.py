@@ -100,6 +100,7 @@ class TwoViewCIFAR100(Dataset):
                           None if weight is None else weight[positions], self.rand_strength)
 
     def __getitems__(self, positions):
+        positions = [range(len(self))[p] for p in positions]  # -1 is N-1 (the same key), too large: IndexError
         params = self.view_params(torch.as_tensor(positions, dtype=torch.int64)).per_view()
         return [(self.render(position, views), position) for position, views in zip(positions, params)]
 

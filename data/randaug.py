@@ -73,11 +73,13 @@ def sharpness(img, v):
 
 def cutout(img, v, centre):
     """Fill a square of side v * width centred at (centre[0] * width, centre[1] * height)
-    (the published uniform(0, width), uniform(0, height)), clipped to the image.
+    (centre: two uniforms in [0, 1), a centre uniform over the image), clipped to the image.
 
-    The published code keeps the full side at the top/left border (it shifts the square
-    instead of clipping it) and its inclusive PIL rectangle is one pixel larger than the
-    side; design 1.3 says a square of side v * width, clipped, which is what we draw.
+    Design 1.3: a square of side v * width, random centre, clipped. The published code differs
+    in three details: it keeps the full side at the top/left border (it shifts the square
+    instead of clipping it), its inclusive PIL rectangle is one pixel larger than the side, and
+    its centre is np.random.uniform(w), which NumPy reads as uniform(low=w, high=1.0): a centre
+    in (1, w], never in the first pixel (a swapped-argument slip; the intent is uniform(0, w)).
     """
     if v <= 0:
         return img

@@ -154,7 +154,7 @@ def test_cutout(img, seed):
     v = 0.4
     rng = random.Random(seed)
     out = pixels(randaug.cutout(img, v, (rng.random(), rng.random())))
-    rng = random.Random(seed)  # the published draw from the same uniforms: uniform(0, width), uniform(0, height)
+    rng = random.Random(seed)  # the same uniforms as a centre uniform over the image (design 1.3)
     cx, cy = rng.uniform(0, width), rng.uniform(0, height)
     side = v * width
     x0, x1 = int(max(0, cx - side / 2)), int(min(width, cx + side / 2))

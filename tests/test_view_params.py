@@ -20,8 +20,8 @@ from data.keyed_random import keyed_uniforms, mix64
 from data.memoboosted_cifar100 import MemoBoostedCIFAR100
 from data.randaug import NUM_OPS, OPS, SIGNED
 from data.sampler import EpochBatchSampler
-from data.view_params import (CROP_TRIES, RATIO, SCALE, crop_boxes, draw_views, exp_small,
-                              rand_strength_magnitude)
+import data.view_params as view_params
+from data.view_params import CROP_TRIES, RATIO, SCALE, SHARED_VIEW, crop_boxes, draw_views, exp_small
 from utils import keyed_seed
 
 N = 30_000  # draws per distribution test
@@ -111,6 +111,15 @@ def test_keyed_uniforms_depend_on_their_key_alone(device):
     assert_same_distribution(values[:N], np.random.RandomState(0).random_sample(N), 'keyed uniforms')
 
 
+def test_keyed_seed_keys_are_32_bit_integers():
+    """SeedSequence splits a larger int into 32-bit words, so (5 + 7 * 2^32, 1) would be (5, 7, 1):
+    refused. The streams of one (seed, epoch) differ."""
+    with pytest.raises(ValueError, match=r'integers in \[0, 2\^32\)'):
+        keyed_seed(5 + 7 * 2 ** 32, 1)
+    assert len({keyed_seed(10, 3), keyed_seed(10, 3, 1), keyed_seed(10, 3, 2), keyed_seed(10, 4)}) == 4
+    assert keyed_seed(2 ** 32 - 1, 3) == keyed_seed(2 ** 32 - 1, 3)
+
+
 def test_exp_small_is_exp_within_rounding():
     x = torch.linspace(math.log(3 / 4), math.log(4 / 3), 10001, dtype=torch.float64)
     exact = torch.tensor([math.exp(v) for v in x.tolist()], dtype=torch.float64)
@@ -179,27 +188,26 @@ def test_flip_jitter_and_grayscale_follow_torchvision():
 def published_rand_augment_draws(weights, rand_k, rand_strength, seed=0):
     """The published code's draws (design 1.3-1.4, python random): u per sample (k != 1), then
     RandAugmentProb: random.choices of k ops, each applied iff random() < w; an applied signed
-    op draws its sign (random() < 0.5: negative), an applied Cutout its centre."""
+    op draws its sign (random() < 0.5: negative). Cutout's centre is checked on its own (design
+    1.3's uniform centre; see data/randaug.cutout for the published one)."""
     rng = random.Random(seed)
-    magnitudes, ops, applied, negative, centres = [], [], [], [], []
+    magnitudes, ops, applied, negative = [], [], [], []
     for w in weights:
         u = rng.random() if rand_k != 1 else None
-        magnitudes.append(rand_strength_magnitude(w, rand_k, rand_strength, u))
+        magnitudes.append(10 + (rand_strength - 10) * w if rand_k == 1 else 5 + (rand_strength - 5) * w * u)
         for index in rng.choices(range(NUM_OPS), k=rand_k):
             ops.append(index)
             applied.append(rng.random() < w)
             if applied[-1] and OPS[index][0] in SIGNED:
                 negative.append(rng.random() < 0.5)
-            elif applied[-1] and OPS[index][0].__name__ == 'cutout':
-                centres.append(rng.uniform(0, 32))
-    return np.array(magnitudes), np.array(ops), np.array(applied), np.array(negative), np.array(centres)
+    return np.array(magnitudes), np.array(ops), np.array(applied), np.array(negative)
 
 
 @pytest.mark.parametrize('rand_k', [1, 2])
 def test_rand_augment_draws_follow_the_published_draws(rand_k):
     weights = torch.rand(N, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     params = ours(rand_k, weights)
-    magnitudes, ops, applied, negative, centres = published_rand_augment_draws(weights.tolist(), rand_k, 30)
+    magnitudes, ops, applied, negative = published_rand_augment_draws(weights.tolist(), rand_k, 30)
     assert torch.equal(params.magnitude[:, 0], params.magnitude[:, 1])  # design 1.4: shared by both views
     assert_same_distribution(params.magnitude[:, 0].numpy(), magnitudes, f'magnitude (k={rand_k})')
     assert_same_categories(params.ops[:, 0].flatten().numpy(), ops, NUM_OPS, 'op choice')
@@ -209,10 +217,61 @@ def test_rand_augment_draws_follow_the_published_draws(rand_k):
     assert_same_distribution(weights[:, None].expand(-1, rand_k)[our_applied].numpy(),
                              np.repeat(weights.numpy(), rand_k)[applied], 'weights of applied ops')
     assert_rate(params.op_sign.flatten().numpy() < 0, 0.5, 'sign flip')
-    assert_same_distribution(params.op_centre[:, 0, :, 0].flatten().numpy() * 32, centres, 'Cutout centre x')
-    assert_same_distribution(params.op_centre[:, 0, :, 1].flatten().numpy() * 32, centres, 'Cutout centre y')
+    uniform = np.random.RandomState(rand_k).random_sample(2 * N)  # design 1.3: a centre uniform over the image
+    for axis, name in enumerate('xy'):  # every view and slot draws one (2 N k values; KS limit ~0.01)
+        assert_same_distribution(params.op_centre[..., axis].flatten().numpy(), uniform, f'Cutout centre {name}')
     if rand_k == 1:
         assert torch.equal(params.magnitude[:, 0], 10 + 20 * weights)
+
+
+def parameters_changed(params, reference):
+    """The parameters (a field, or one op slot / factor / centre axis of it) that differ."""
+    changed = set()
+    for name in reference.__dataclass_fields__:
+        ours, theirs = getattr(params, name), getattr(reference, name)
+        if name in ('jitter_factors', 'ops', 'op_applied', 'op_sign'):
+            changed |= {(name, i) for i in range(theirs.shape[2]) if not torch.equal(ours[:, :, i], theirs[:, :, i])}
+        elif name == 'op_centre':
+            changed |= {(name, i, axis) for i in range(theirs.shape[2]) for axis in (0, 1)
+                        if not torch.equal(ours[:, :, i, axis], theirs[:, :, i, axis])}
+        elif not torch.equal(ours, theirs):
+            changed.add(name)
+    return changed
+
+
+def test_each_parameter_reads_its_own_uniforms_alone(monkeypatch):
+    """Shifting one uniform slot (of both views, or the one both views share) changes exactly the
+    parameter that slot belongs to: no two parameters share a draw, a correlation that the
+    one-parameter distribution tests above cannot see."""
+    batch, rand_k = 64, 2
+    slots = view_params.RAND_AUGMENT + view_params.OP_SLOTS * rand_k
+    generator = torch.Generator().manual_seed(8)
+    base = {(0, 1): torch.rand(batch, 2, slots, dtype=torch.float64, generator=generator),
+            (SHARED_VIEW,): torch.rand(batch, 1, 1, dtype=torch.float64, generator=generator)}
+
+    def draw(uniforms):
+        monkeypatch.setattr(view_params, 'keyed_uniforms', lambda key, positions, views, n: uniforms[tuple(views)])
+        return draw_views(0, torch.arange(batch), (32, 32), rand_k, torch.full((batch,), 0.5, dtype=torch.float64))
+
+    def shifted(views, slot):
+        uniforms = {views_: u.clone() for views_, u in base.items()}
+        uniforms[views][..., slot] = (uniforms[views][..., slot] + 0.5) % 1
+        return uniforms
+    owners = {slot: {'crop'} for slot in range(view_params.FLIP)}
+    owners.update({view_params.FLIP: {'flip'}, view_params.JITTER_APPLY: {'jitter'}, view_params.GRAY: {'gray'}})
+    owners.update({view_params.JITTER_ORDER + i: {'jitter_order'} for i in range(4)})
+    owners.update({view_params.JITTER_FACTORS + i: {('jitter_factors', i)} for i in range(4)})
+    for op in range(rand_k):
+        first = view_params.RAND_AUGMENT + view_params.OP_SLOTS * op
+        owners.update({first: {('ops', op)}, first + 1: {('op_applied', op)}, first + 2: {('op_sign', op)},
+                       first + 3: {('op_centre', op, 0)}, first + 4: {('op_centre', op, 1)}})
+    assert sorted(owners) == list(range(slots))
+    reference = draw(base)
+    rarely_used = range(2, 2 * CROP_TRIES)  # crop tries 2-10 decide only when the tries before them fail
+    for slot, owner in owners.items():
+        changed = parameters_changed(draw(shifted((0, 1), slot)), reference)
+        assert changed <= owner if slot in rarely_used else changed == owner, slot
+    assert parameters_changed(draw(shifted((SHARED_VIEW,), 0)), reference) == {'magnitude'}
 
 
 # ----------------------------------------------------------------------------- applying
@@ -277,6 +336,9 @@ def test_plain_dataset_views_depend_on_seed_epoch_and_position(synthetic_cifar):
     first = dataset.__getitems__([4, 1, 5])
     assert [p for _, p in first] == [4, 1, 5]
     assert torch.equal(dataset[1][0], first[1][0]) and not torch.equal(first[1][0][0], first[1][0][1])
+    assert torch.equal(dataset[-1][0], dataset[5][0]) and dataset[-1][1] == 5  # the same key as position 5
+    with pytest.raises(IndexError):
+        dataset[6]
     other_seed = TwoViewCIFAR100(synthetic_cifar, np.arange(6), seed=2)
     other_seed.set_epoch(2)
     assert not torch.equal(other_seed[1][0][0], dataset[1][0][0])
