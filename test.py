@@ -57,7 +57,8 @@ def get_parser():
     parser.add_argument('--save_dir', default='', help='accepted as published, unused (see --output)')
     parser.add_argument('--model', default=None, choices=['resnet18', 'resnet50'],
                         help="network; default: the checkpoint's, else resnet18")
-    parser.add_argument('--seed', type=int_in(0), default=10, help='seed of the probes (init and batch order)')
+    parser.add_argument('--seed', type=int_in(0, 2 ** 32 - 1), default=10,
+                        help='seed of the probes (init and batch order)')
     parser.add_argument('--gpus', default='0', help="CUDA device id (first of a comma list), or 'cpu'")
     parser.add_argument('--num_workers', type=int_in(0), default=8, help='feature-extraction loader workers')
     parser.add_argument('--prune_percent', type=float, default=0,
