@@ -7,12 +7,18 @@ overwritten by accident.
   a downloaded file cannot run code; a file that needs more is refused with a one-line InputError.
 - `non_finite`: the names of floating tensors holding NaN or inf, anywhere in a nested state.
 - `Checkpoints`: the policy of one experiment folder (what is saved when, which checkpoint is
-  the newest finite one, refusing to start a fresh run over an existing one).
+  the newest finite one, refusing to start a fresh run over an existing one), writing in the
+  background: a CPU copy of the state is taken at once, and a thread serialises and fsyncs it
+  while training goes on (the write cost 0.1-0.6 s per ResNet-18 SDCLR state, measured on CPU, and
+  design 5 saves every 2 epochs).
 """
+import contextlib
 import errno
 import glob
 import os
 import shutil
+import sys
+import threading
 
 import numpy as np
 import torch
@@ -107,6 +113,40 @@ def non_finite(state):
     return [named[i][0] for i in sorted(bad)]
 
 
+def to_host(state):
+    """A copy of `state` (nested dicts/lists) whose tensors are CPU copies: training goes on
+    changing the originals in place (weights, SGD buffers, momentum losses) while it is written."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to('cpu', copy=True)
+    if isinstance(state, dict):
+        return {key: to_host(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(to_host(value) for value in state)
+    return state
+
+
+class BackgroundWrite:
+    """`save(state, path)` for each path, in order, in a thread; `join` waits and raises its error.
+    The thread is not a daemon: an interpreter that exits still finishes the write."""
+
+    def __init__(self, state, paths):
+        self.error = None
+        self.thread = threading.Thread(target=self._write, args=(state, paths), name='checkpoint-write')
+        self.thread.start()
+
+    def _write(self, state, paths):
+        try:
+            for path in paths:
+                save(state, path)
+        except BaseException as error:  # raised in the training thread by join
+            self.error = error
+
+    def join(self):
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 def describe(names, limit=3):
     return ', '.join(names[:limit]) + (f' (+{len(names) - limit} more)' if len(names) > limit else '')
 
@@ -114,12 +154,14 @@ def describe(names, limit=3):
 class Checkpoints:
     """The checkpoints of one experiment folder (design 5: `model.pt` every 2 epochs and after
     the last, `model_{epoch}.pt` every `save_freq` epochs; 0 = never). Only a process that
-    `writes` (rank 0 of a distributed run) writes or removes files."""
+    `writes` (rank 0 of a distributed run) writes or removes files. Writes run in the background,
+    one at a time, inside `writing()`."""
 
     def __init__(self, folder, save_freq, last_epoch, writes=True):
         self.folder, self.save_freq, self.last_epoch, self.writes = folder, save_freq, last_epoch, writes
         self.latest = os.path.join(folder, 'model.pt')
-        self.newest_finite = None  # (path, epoch) of the newest checkpoint known to be finite
+        self.newest_finite = None  # (path, epoch) of the newest checkpoint known to be finite and on disk
+        self.pending = None  # (BackgroundWrite, paths, epoch) of the write in flight
 
     def existing(self):
         return sorted(glob.glob(os.path.join(self.folder, 'model*.pt')))
@@ -156,6 +198,7 @@ class Checkpoints:
 
     def diverged(self, what):
         """The InputError of a run whose loss or state became non-finite (`what` says where)."""
+        self.wait()  # the checkpoint it names is on disk
         return InputError(f'training diverged: {what}; nothing was saved for it and {self.newest_finite_text()}. The '
                           f'run is deterministic, so --resume would diverge again: start a new experiment (or '
                           f'--overwrite) with a lower --lr')
@@ -177,7 +220,37 @@ class Checkpoints:
         return paths
 
     def write(self, state, paths, epoch):
-        for path in paths if self.writes else []:
-            save(state, path)
+        """Start writing `state` (the state after `epoch`) to `paths`: once the previous write is
+        on disk (its error is raised here), a CPU copy is taken and written in the background."""
+        self.wait()
+        if self.writes and paths:
+            self.pending = (BackgroundWrite(to_host(state), paths), paths, epoch)
+        else:
+            self._written(paths, epoch)
+
+    def wait(self):
+        """Return once the write in flight is on disk; a failed write raises its one-line InputError
+        (the file it would have replaced is intact)."""
+        if self.pending is not None:
+            writing, paths, epoch = self.pending
+            self.pending = None
+            writing.join()
+            self._written(paths, epoch)
+
+    def _written(self, paths, epoch):
         if self.latest in paths:
             self.newest_finite = (self.latest, epoch)
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Every write started inside is on disk when this exits. When the run fails for another
+        reason, that error is the one raised; a failed write is then printed on its own line."""
+        try:
+            yield self
+        except BaseException:
+            try:
+                self.wait()
+            except Exception as write_error:
+                print(f'error: {write_error}', file=sys.stderr)
+            raise
+        self.wait()

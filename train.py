@@ -414,8 +414,9 @@ def run(args, step_fn, before_epoch=None):
     and returns the per-sample loss; `before_epoch(model, epoch, args)` runs at each epoch
     start (SDCLR recomputes its prune mask there) and returns a dict of metrics for the log
     line and metrics.jsonl (or None).
-    Every file the run needs is resolved before epoch 1; each epoch's checkpoint is written
-    before its probe; SIGTERM/SIGINT end the run with a resumable checkpoint (Preempted).
+    Every file the run needs is resolved before epoch 1; each epoch's checkpoint is taken before
+    its probe and written in the background (on disk before run returns or raises); SIGTERM/SIGINT
+    end the run with a resumable checkpoint (Preempted).
     """
     if args.tensorboard:
         check_tensorboard()
@@ -468,7 +469,7 @@ def run(args, step_fn, before_epoch=None):
             + f'; split {args.trainSplit}: {class_distribution(dataset.class_counts)}')
     history = MetricsLog(save_dir, start_epoch, args.tensorboard, enabled=dist.is_main)
 
-    with StopRequest() as stop:
+    with StopRequest() as stop, checkpoints.writing():  # writes in the background, all done on exit
         for epoch in range(start_epoch, args.epochs + 1):
             start, seen_before = time.time(), progress.seen if progress else 0
             if progress is None:
@@ -483,6 +484,7 @@ def run(args, step_fn, before_epoch=None):
                 stopped_state = parts.mid_epoch(epoch, progress, epoch_metrics)
                 checkpoints.check_finite(stopped_state, epoch, f'step {progress.step}')
                 checkpoints.write(stopped_state, [checkpoints.latest], epoch - 1)
+                checkpoints.wait()
                 raise Preempted(stop, log, f'at epoch {epoch}, step {progress.step}/{steps_per_epoch}: saved '
                                            f'{checkpoints.latest}')
             train_s = time.time() - start
@@ -512,6 +514,7 @@ def run(args, step_fn, before_epoch=None):
             if (dist.agree_stop(stop) if dist.enabled else stop.requested) and epoch < args.epochs:
                 if checkpoints.latest not in paths:  # the signal came after this epoch's save
                     checkpoints.write(parts.state(epoch), [checkpoints.latest], epoch)
+                checkpoints.wait()
                 raise Preempted(stop, log, f'after epoch {epoch}: saved {checkpoints.latest}')
     history.close()
     dist.close()

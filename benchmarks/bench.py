@@ -56,6 +56,11 @@ What is timed:
   k=1 and k=2 with weights uniform in [0, 1]) through a DataLoader with 1 worker, with
   `--num_workers` and with all cores, no network; and the same pipelines made by --gpu_aug on
   the device (DeviceViews), per batch.
+- Checkpoint: design 5's `model.pt` (every 2 epochs, 1,000 per 2000-epoch run) of each model
+  family's full training state on the device (weights, SGD buffers, momentum losses, RNG): the
+  seconds the training loop waits for it written synchronously (checkpoint.save), and written
+  in the background as train.run does (Checkpoints.write: the CPU copy), with the background
+  write's own duration; the median of 5 writes into the benchmark's cache folder.
 
 Configurations: default (train.py as it runs without flags: deterministic cuDNN, as published),
 bf16 (--amp bf16), channels_last, compile, persistent (--persistent_workers), cudnn_benchmark
@@ -82,6 +87,7 @@ from torch.utils.data import DataLoader, Subset
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import checkpoint  # noqa: E402
 import train  # noqa: E402
 import train_sdclr  # noqa: E402
 from data.cifar100 import EvalCIFAR100, TwoViewCIFAR100, load_cifar100  # noqa: E402
@@ -93,7 +99,7 @@ from eval_cifar import PROBE_EPOCHS, extract_features, linear_probe  # noqa: E40
 from models import build_model  # noqa: E402
 from split.generate import generate_splits, write_splits  # noqa: E402
 from split.resolve import load_split, protocol_files  # noqa: E402
-from utils import compile_model, cosine_annealing, set_cudnn, set_seed  # noqa: E402
+from utils import compile_model, cosine_annealing, rng_state, set_cudnn, set_seed  # noqa: E402
 
 # test.py by path: `import test` could find Python's own test package
 _spec = importlib.util.spec_from_file_location('bcl_test_script', os.path.join(ROOT, 'test.py'))
@@ -122,6 +128,7 @@ CONFIGS = {
     'all': dict(amp='bf16', channels_last=True, compile=True, persistent=True, cudnn_benchmark=True, tf32=True),
     'all_gpu_aug': dict(amp='bf16', channels_last=True, compile=True, cudnn_benchmark=True, tf32=True, gpu_aug=True),
 }
+PARTS = ('train', 'eval', 'loader', 'checkpoint')
 PIPELINES = {'SimCLR': 'base', 'SDCLR': 'base', 'BCL-I': 'BCL k=1', 'BCL-D': 'BCL k=2'}
 
 
@@ -151,7 +158,7 @@ def get_parser():
                         help='images per loader-ceiling measurement (0: all of D_i)')
     parser.add_argument('--loader_workers', default=None,
                         help='comma list of worker counts (default: 1, --num_workers, the core count)')
-    parser.add_argument('--parts', default='train,eval,loader', help='comma list of train, eval, loader')
+    parser.add_argument('--parts', default=','.join(PARTS), help='comma list of ' + ', '.join(PARTS))
     parser.add_argument('--smoke', action='store_true',
                         help='smallest setting (CI): tiny data, batch 4, 1 step, checks the output')
     parser.add_argument('--output', default=None, help=f'JSON results (default: {CACHE}/bench_<device>.json)')
@@ -493,6 +500,33 @@ def bench_device_augment(pipeline, data, args, device, epochs=3):
     return {'pipeline': pipeline, 'images_per_s': images / sum(seconds), 'batch_ms': batch_ms}
 
 
+# ----------------------------------------------------------------------------- checkpoint writes
+
+def bench_checkpoint(prune, device, repeats=5):
+    """Seconds the training loop spends on one model.pt of a model family (module docstring)."""
+    model = build_model(prune=prune).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sum(p.sum() for p in model.parameters()).backward()
+    optimizer.step()  # SGD's momentum buffers exist, as after any step
+    state = {'epoch': 2, 'state_dict': model.state_dict(), 'optim': optimizer.state_dict(),
+             'momentum_loss': torch.zeros(9754, device=device), 'rng': rng_state(device)}
+    synchronous, blocking, background = [], [], []
+    os.makedirs(CACHE, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as folder:
+        checkpoints = checkpoint.Checkpoints(folder, save_freq=0, last_epoch=EPOCHS)
+        for _ in range(repeats):
+            synchronous.append(timed(lambda: checkpoint.save(state, checkpoints.latest), device)[0])
+            start = time.perf_counter()
+            checkpoints.write(state, [checkpoints.latest], 2)
+            blocking.append(time.perf_counter() - start)
+            checkpoints.wait()
+            background.append(time.perf_counter() - start)
+        megabytes = os.path.getsize(checkpoints.latest) / 1e6
+    return {'family': 'SDCLR' if prune else 'SimCLR', 'megabytes': megabytes,
+            'synchronous_s': float(np.median(synchronous)), 'blocking_s': float(np.median(blocking)),
+            'background_s': float(np.median(background)), 'saves_2000_epochs': EPOCHS // 2}
+
+
 # ----------------------------------------------------------------------------- report
 
 def reference_row(rows, row, key, reference):
@@ -563,6 +597,16 @@ def print_device_augment(rows, batch_size):
         print(f'| {r["pipeline"]} | {r["images_per_s"]:,.0f} | {r["batch_ms"]:.1f} |')
 
 
+def print_checkpoint(rows):
+    print('\nmodel.pt (design 5: every 2 epochs): seconds the training loop waits per write, median of 5')
+    print('| family | MB | synchronous | background (CPU copy) | the write itself | '
+          'waited per 2000 epochs: synchronous -> background |\n|---|---|---|---|---|---|')
+    for r in rows:
+        print(f'| {r["family"]} | {r["megabytes"]:.0f} | {r["synchronous_s"]:.3f} s | {r["blocking_s"]:.3f} s | '
+              f'{r["background_s"]:.3f} s | {r["saves_2000_epochs"] * r["synchronous_s"]:,.0f} s -> '
+              f'{r["saves_2000_epochs"] * r["blocking_s"]:,.0f} s |')
+
+
 def print_report(results):
     s = results['settings']
     print(f'\n## {results["device"]}, torch {results["torch"]}; batch {s["batch_size"]}, '
@@ -576,6 +620,8 @@ def print_report(results):
         print_loader(results['loader'])
     if results.get('device_augment'):
         print_device_augment(results['device_augment'], s['batch_size'])
+    if results.get('checkpoint'):
+        print_checkpoint(results['checkpoint'])
     for line in results['bound']:
         print(line)
 
@@ -599,7 +645,7 @@ def bound_lines(results):
 
 def check_sane(results):
     """The smoke test's checks: every number finite and positive where it must be."""
-    assert results['training'] or results['eval'] or results['loader'], 'nothing was measured'
+    assert results['training'] or results['eval'] or results['loader'] or results['checkpoint'], 'nothing was measured'
     for r in results['training']:
         for key in ('images_per_s', 'step_s', 'network_images_per_s', 'epoch_s_extrapolated',
                     'hours_2000_epochs_extrapolated', 'peak_memory_mb', 'final_loss'):
@@ -612,6 +658,8 @@ def check_sane(results):
         assert r['feature_passes'] == (11 if r['config'] == 'baseline' else 1), r
     for r in results['loader']:
         assert r['images'] > 0 and math.isfinite(r['images_per_s']) and r['images_per_s'] > 0, r
+    for r in results.get('checkpoint', []):
+        assert r['megabytes'] > 1 and 0 < r['blocking_s'] <= r['background_s'] and r['synchronous_s'] > 0, r
     for r in results.get('device_augment', []):
         assert math.isfinite(r['images_per_s']) and r['images_per_s'] > 0 and r['batch_ms'] > 0, r
 
@@ -637,7 +685,7 @@ def main(argv=None):
     configs = (['baseline'] if args.baseline else []) + [c for c in configs if c != 'baseline']
     parts = args.parts.split(',')
     for name, chosen, known in (('method', methods, METHODS), ('config', configs, CONFIGS),
-                                ('part', parts, ('train', 'eval', 'loader'))):
+                                ('part', parts, PARTS)):
         unknown = [c for c in chosen if c not in known]
         if unknown:
             sys.exit(f'error: unknown {name} {", ".join(unknown)}: use {", ".join(known)}')
@@ -647,7 +695,7 @@ def main(argv=None):
         name = f'CPU: {cpu_model()}, {os.cpu_count()} cores'
     data = prepare_data(args)
     results = {'device': name, 'device_type': device.type, 'torch': torch.__version__,
-               'training': [], 'eval': [], 'loader': [], 'bound': [],
+               'training': [], 'eval': [], 'loader': [], 'checkpoint': [], 'bound': [],
                'settings': {**vars(args), 'methods': methods, 'configs': configs, 'd_i_images': len(data.d_i)}}
     print(f'{name}; D_i {len(data.d_i):,} images; methods {methods}; configs {configs}', flush=True)
 
@@ -682,6 +730,12 @@ def main(argv=None):
             results['device_augment'].append(r)
             print(f'device augmentation (--gpu_aug) {pipeline:8} {r["images_per_s"]:9,.0f} img/s, '
                   f'{r["batch_ms"]:.1f} ms per batch of {args.batch_size} (two views each)', flush=True)
+    if 'checkpoint' in parts:
+        for prune in dict.fromkeys(METHODS[m]['sdclr'] for m in methods):
+            r = bench_checkpoint(prune, device)
+            results['checkpoint'].append(r)
+            print(f'checkpoint {r["family"]:6} {r["megabytes"]:.0f} MB: synchronous {r["synchronous_s"]:.3f} s, '
+                  f'background {r["blocking_s"]:.3f} s (write {r["background_s"]:.3f} s)', flush=True)
     results['bound'] = bound_lines(results)
     print_report(results)
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -254,6 +255,69 @@ def test_failed_write_keeps_the_previous_checkpoint_and_no_temp_file(tmp_path, m
     assert path.read_bytes() == before and os.listdir(tmp_path) == ['model.pt']
 
 
+def test_checkpoints_write_in_the_background_the_state_of_their_call(tmp_path, monkeypatch):
+    """write() returns while the file is being written (held here until released), and the file
+    holds the state as it was at the call although training changed it in place meanwhile."""
+    release, started = threading.Event(), threading.Event()
+    save = checkpoint.save
+
+    def held_save(state, path):
+        started.set()
+        release.wait(timeout=30)
+        save(state, path)
+    monkeypatch.setattr(checkpoint, 'save', held_save)
+    checkpoints = checkpoint.Checkpoints(str(tmp_path), save_freq=2, last_epoch=4)
+    weight, buffers = torch.arange(4.0), [torch.ones(3)]
+    with checkpoints.writing():
+        checkpoints.write({'w': weight, 'optim': {'state': buffers}}, [checkpoints.latest, str(tmp_path / 'model_2.pt')], 2)
+        assert started.wait(timeout=30) and not os.path.exists(checkpoints.latest)  # in flight
+        assert checkpoints.newest_finite is None  # not on disk yet
+        weight += 10  # the next steps change the live tensors in place
+        buffers[0].mul_(0)
+        release.set()
+    assert checkpoints.pending is None and checkpoints.newest_finite == (checkpoints.latest, 2)
+    for path in (checkpoints.latest, tmp_path / 'model_2.pt'):
+        state = load(path)
+        assert torch.equal(state['w'], torch.arange(4.0)) and torch.equal(state['optim']['state'][0], torch.ones(3))
+    assert sorted(os.listdir(tmp_path)) == ['model.pt', 'model_2.pt']
+
+
+def test_failed_background_write_is_raised_by_the_next_write_and_at_the_end(base_args, tmp_path, monkeypatch, capsys):
+    """The write of epoch 2 fails (disk full): the run stops with save's one-line error when it
+    next waits for a write (epoch 3's), and the checkpoint of epoch 1 is intact."""
+    save = checkpoint.save
+
+    def full_from_epoch_2(state, path):
+        if state['epoch'] >= 2:
+            raise InputError(f'could not write checkpoint {path} (No space left on device); '
+                             'model.pt there is unchanged (the previous checkpoint is intact)')
+        save(state, path)
+    monkeypatch.setattr(checkpoint, 'save', full_from_epoch_2)
+    message = one_line_error(train.main, ['x'] + base_args(tmp_path, epochs=3), capsys)
+    assert 'No space left on device' in message and 'previous checkpoint is intact' in message
+    assert load(tmp_path / 'x' / 'model_1.pt')['epoch'] == 1  # odd epoch: model_1.pt (--save_freq 1) only
+    assert sorted(p.name for p in (tmp_path / 'x').glob('model*')) == ['model_1.pt']
+    assert 'epoch 3/3' not in (tmp_path / 'x' / 'log.txt').read_text()  # raised at epoch 3's write
+
+
+def test_a_failing_probe_is_the_error_reported_and_its_checkpoint_is_on_disk(base_args, tmp_path, monkeypatch,
+                                                                             capsys):
+    """A probe that raises while the epoch's checkpoint is written in the background: the probe's
+    error propagates, after the write finished (epoch 1 is odd: saved because a probe was due); a
+    write that also failed is printed on its own line."""
+    def failing_probe(*args, **kwargs):
+        raise RuntimeError('probe failed')
+    monkeypatch.setattr(train, 'full_shot_eval', failing_probe)
+    argv = ['x'] + base_args(tmp_path, epochs=3) + ['--eval_freq', '1', '--save_freq', '0']
+    with pytest.raises(RuntimeError, match='probe failed'):
+        train.main(argv)
+    assert load(tmp_path / 'x' / 'model.pt')['epoch'] == 1
+    monkeypatch.setattr(checkpoint, 'save', lambda state, path: (_ for _ in ()).throw(InputError('disk gone')))
+    with pytest.raises(RuntimeError, match='probe failed'):
+        train.main(argv + ['--save_dir', str(tmp_path / 'y')])
+    assert capsys.readouterr().err.splitlines()[-1] == 'error: disk gone'
+
+
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
     folder = tmp_path / 'tmpfs'
@@ -381,15 +445,6 @@ def test_eval_freq_zero_and_save_freq_zero(synthetic_cifar, synthetic_splits, ba
     train.main(argv)
     assert sorted(p.name for p in (tmp_path / 'x').iterdir()) == ['log.txt', 'metrics.jsonl', 'model.pt']
     assert 'full-shot' not in (tmp_path / 'x' / 'log.txt').read_text()
-
-
-def test_checkpoint_is_written_before_the_probe(base_args, tmp_path, monkeypatch):
-    def failing_probe(*args, **kwargs):
-        raise RuntimeError('probe failed')
-    monkeypatch.setattr(train, 'full_shot_eval', failing_probe)
-    with pytest.raises(RuntimeError, match='probe failed'):
-        train.main(['x'] + base_args(tmp_path, epochs=3) + ['--eval_freq', '1', '--save_freq', '0'])
-    assert load(tmp_path / 'x' / 'model.pt')['epoch'] == 1  # epoch 1 is odd: saved because a probe was due
 
 
 # ----------------------------------------------------------------------------- batches
