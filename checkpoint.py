@@ -13,6 +13,7 @@ overwritten by accident.
   design 5 saves every 2 epochs).
 """
 import contextlib
+import copy
 import errno
 import glob
 import os
@@ -115,22 +116,28 @@ def non_finite(state):
 
 def to_host(state):
     """A copy of `state` (nested dicts/lists) whose tensors are CPU copies: training goes on
-    changing the originals in place (weights, SGD buffers, momentum losses) while it is written."""
+    changing the originals in place (weights, SGD buffers, momentum losses) while it is written.
+    Containers keep their type, and a state_dict its `_metadata` (module versions that
+    load_state_dict reads), so the file is byte for byte the one a synchronous save writes."""
     if isinstance(state, torch.Tensor):
         return state.detach().to('cpu', copy=True)
     if isinstance(state, dict):
-        return {key: to_host(value) for key, value in state.items()}
+        copied = type(state)((key, to_host(value)) for key, value in state.items())
+        if hasattr(state, '_metadata'):
+            copied._metadata = copy.deepcopy(state._metadata)
+        return copied
     if isinstance(state, (list, tuple)):
         return type(state)(to_host(value) for value in state)
     return state
 
 
 class BackgroundWrite:
-    """`save(state, path)` for each path, in order, in a thread; `join` waits and raises its error.
+    """`save(state, path)` for each path, in order, in a thread; its failure is kept in `error`.
     The thread is not a daemon: an interpreter that exits still finishes the write."""
 
     def __init__(self, state, paths):
         self.error = None
+        self.done = threading.Event()  # not Thread.join: an interrupted join can mark a live thread stopped
         self.thread = threading.Thread(target=self._write, args=(state, paths), name='checkpoint-write')
         self.thread.start()
 
@@ -138,13 +145,10 @@ class BackgroundWrite:
         try:
             for path in paths:
                 save(state, path)
-        except BaseException as error:  # raised in the training thread by join
+        except BaseException as error:  # raised in the training thread by Checkpoints.wait
             self.error = error
-
-    def join(self):
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
+        finally:
+            self.done.set()
 
 
 def describe(names, limit=3):
@@ -198,7 +202,7 @@ class Checkpoints:
 
     def diverged(self, what):
         """The InputError of a run whose loss or state became non-finite (`what` says where)."""
-        self.wait()  # the checkpoint it names is on disk
+        self.wait_reporting()  # the checkpoint it names is on disk; the divergence stays the error
         return InputError(f'training diverged: {what}; nothing was saved for it and {self.newest_finite_text()}. The '
                           f'run is deterministic, so --resume would diverge again: start a new experiment (or '
                           f'--overwrite) with a lower --lr')
@@ -233,9 +237,19 @@ class Checkpoints:
         (the file it would have replaced is intact)."""
         if self.pending is not None:
             writing, paths, epoch = self.pending
+            writing.done.wait()  # a second Ctrl-C here leaves it pending: writing() waits again
             self.pending = None
-            writing.join()
+            if writing.error is not None:
+                raise writing.error
             self._written(paths, epoch)
+
+    def wait_reporting(self):
+        """wait() when the run already fails for another reason: a failed write is printed on its
+        own line (`error: ...`) rather than raised in place of that reason."""
+        try:
+            self.wait()
+        except Exception as write_error:
+            print(f'error: {write_error}', file=sys.stderr)
 
     def _written(self, paths, epoch):
         if self.latest in paths:
@@ -248,9 +262,6 @@ class Checkpoints:
         try:
             yield self
         except BaseException:
-            try:
-                self.wait()
-            except Exception as write_error:
-                print(f'error: {write_error}', file=sys.stderr)
+            self.wait_reporting()
             raise
         self.wait()

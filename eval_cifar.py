@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from data.cifar100 import NUM_CLASSES, EvalCIFAR100
+from preemption import ignore_in_worker, workers_start_shielded
 from split.resolve import load_split, protocol_files
 from utils import InputError
 
@@ -48,12 +49,14 @@ def extract_features(model, dataset, device, batch_size=512, num_workers=0, amp=
     cuda = device.type == 'cuda'
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=cuda)
+                        pin_memory=cuda, worker_init_fn=ignore_in_worker if num_workers else None)
+    with workers_start_shielded():  # a signal during training's probe is the main process's (preemption.py)
+        batches = iter(loader)
     was_training = model.training
     model.eval()
     features, labels = [], []
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == 'bf16'):
-        for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
+        for images, targets in tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, total=len(loader),
                                     disable=None if desc else True):
             images = images.to(device, non_blocking=cuda).contiguous(memory_format=memory_format)
             features.append(model.features(images).float())

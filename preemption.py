@@ -4,8 +4,13 @@ non-zero. A second signal acts at once, as it would without this handler.
 
 Loader workers ignore both signals (`ignore_in_worker`, their worker_init_fn): a scheduler or a
 terminal signals the whole process group, and a worker killed mid-epoch would make the loader
-raise before the main process could save.
+raise before the main process could save. They are started inside `workers_start_shielded()`,
+so that they are immune from their first instruction, not only once their worker_init_fn runs,
+and killed at exit (`kill_loader_workers`) when a crash leaves them alive.
 """
+import atexit
+import contextlib
+import multiprocessing.util  # its exit handler is registered first, so kill_loader_workers runs before it
 import signal
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -44,7 +49,23 @@ class StopRequest:
 
 def ignore_in_worker(worker_id=None):
     for signum in SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signum, signal.SIG_IGN)  # a signal held since the fork is dropped here
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+@contextlib.contextmanager
+def workers_start_shielded():
+    """Hold SIGTERM/SIGINT in this thread while a loader forks its workers (wrap `iter(loader)`).
+    A forked worker inherits the mask, so a signal sent to the process group while it starts up
+    waits until its worker_init_fn (ignore_in_worker) drops it. Without this, torch's worker
+    SIGTERM handler, installed before worker_init_fn runs, kills the worker, and the loader
+    fails with "worker exited unexpectedly" instead of the run saving and exiting 143. A signal
+    to this process is delivered when the block ends (or at once to another thread), not lost."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class Preempted(Exception):
@@ -56,3 +77,16 @@ class Preempted(Exception):
         log.log(message)
         super().__init__(message)
         self.code = stop.exit_code
+
+
+def kill_loader_workers():
+    """At exit, SIGKILL the daemonic child processes still alive: loader workers of an iterator
+    that outlived the run (one referenced by an uncaught exception's traceback). They ignore
+    SIGTERM, and multiprocessing's own exit handler, which terminates (SIGTERM) and then joins
+    them, would wait for them forever: a crashed run would never exit."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+atexit.register(kill_loader_workers)  # atexit runs the last registered first

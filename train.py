@@ -29,7 +29,7 @@ from losses.nt_xent import nt_xent
 from metrics import MetricsLog, bcl_weight_stats, check_tensorboard
 from models import build_model
 from models.utils import load_pretrained
-from preemption import Preempted, StopRequest, ignore_in_worker
+from preemption import Preempted, StopRequest, ignore_in_worker, workers_start_shielded
 from split.resolve import load_split
 from utils import (ArgumentParser, InputError, Logger, compile_model, cosine_annealing, fail, float_in,
                    int_in, keyed_seed, rng_state, set_cudnn, set_rng_state, set_seed)
@@ -245,7 +245,9 @@ def train_epoch(model, loader, optimizer, step_fn, momentum, epoch, args, lr_at,
         progress = EpochProgress(0, torch.zeros((), device=device), 0)
     step_losses = torch.zeros(steps, device=device)
     first_step = (epoch - 1) * steps
-    bar = tqdm(loader, desc=f'epoch {epoch}/{args.epochs}', leave=False, dynamic_ncols=True,
+    with workers_start_shielded():  # the epoch's loader workers start immune to a signal (preemption.py)
+        batches = iter(loader)
+    bar = tqdm(batches, desc=f'epoch {epoch}/{args.epochs}', leave=False, dynamic_ncols=True,
                disable=None if dist.is_main else True, initial=progress.step, total=steps)
     start, seen_here = time.time(), 0
     for i, (views, index) in enumerate(bar, start=progress.step):

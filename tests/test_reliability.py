@@ -149,6 +149,44 @@ def test_sigterm_to_the_process_group_with_loader_workers(base_args, tmp_path):
     assert load(tmp_path / 'group' / 'model.pt')['epoch'] == 3
 
 
+LOADER_SCRIPT = textwrap.dedent('''
+    import contextlib, os, signal, sys
+    import torch
+    from torch.utils.data import DataLoader
+    from preemption import ignore_in_worker, workers_start_shielded
+
+    def signalled_before_ignoring(worker_id):  # a group signal in the start-up window, then the init_fn
+        os.kill(os.getpid(), signal.SIGTERM)
+        ignore_in_worker(worker_id)
+
+    mode = sys.argv[1]
+    loader = DataLoader(torch.arange(64.0), batch_size=4, num_workers=2,
+                        worker_init_fn=ignore_in_worker if mode == 'crash' else signalled_before_ignoring)
+    if mode == 'crash':
+        batches = iter(loader)
+        next(batches)  # then a crash with the workers alive (the traceback keeps the iterator)
+        raise RuntimeError('crash with live workers')
+    with workers_start_shielded() if mode == 'shielded' else contextlib.nullcontext():
+        batches = iter(loader)
+    print(int(sum(batch.sum() for batch in batches)))
+''')
+
+
+def test_loader_workers_start_immune_and_never_outlive_a_crash(tmp_path):
+    """A SIGTERM that reaches a worker before its worker_init_fn ignores it (the window in which
+    torch's worker handler would kill it) is dropped when the workers start shielded; and a run
+    that crashes with live workers (which ignore SIGTERM) exits instead of waiting for them."""
+    script = tmp_path / 'loader.py'
+    script.write_text(LOADER_SCRIPT)
+    def run(mode):
+        return subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, 'PYTHONPATH': ROOT})
+    shielded, unshielded, crashed = run('shielded'), run('unshielded'), run('crash')
+    assert shielded.returncode == 0 and shielded.stdout.split() == [str(sum(range(64)))], shielded.stderr
+    assert unshielded.returncode == 1 and 'exited unexpectedly' in unshielded.stderr  # the window is real
+    assert crashed.returncode == 1 and 'crash with live workers' in crashed.stderr  # exited: not waiting
+
+
 # ----------------------------------------------------------------------------- non-finite state
 
 def poisoning_step(at_call, poison):
@@ -268,23 +306,62 @@ def test_checkpoints_write_in_the_background_the_state_of_their_call(tmp_path, m
     monkeypatch.setattr(checkpoint, 'save', held_save)
     checkpoints = checkpoint.Checkpoints(str(tmp_path), save_freq=2, last_epoch=4)
     weight, buffers = torch.arange(4.0), [torch.ones(3)]
+    state = {'w': weight, 'optim': {'state': buffers}, 'state_dict': torch.nn.BatchNorm1d(3).state_dict()}
+    save(state, str(tmp_path / 'synchronous.pt'))
     with checkpoints.writing():
-        checkpoints.write({'w': weight, 'optim': {'state': buffers}}, [checkpoints.latest, str(tmp_path / 'model_2.pt')], 2)
+        checkpoints.write(state, [checkpoints.latest, str(tmp_path / 'model_2.pt')], 2)
         assert started.wait(timeout=30) and not os.path.exists(checkpoints.latest)  # in flight
         assert checkpoints.newest_finite is None  # not on disk yet
         weight += 10  # the next steps change the live tensors in place
         buffers[0].mul_(0)
         release.set()
     assert checkpoints.pending is None and checkpoints.newest_finite == (checkpoints.latest, 2)
-    for path in (checkpoints.latest, tmp_path / 'model_2.pt'):
-        state = load(path)
-        assert torch.equal(state['w'], torch.arange(4.0)) and torch.equal(state['optim']['state'][0], torch.ones(3))
-    assert sorted(os.listdir(tmp_path)) == ['model.pt', 'model_2.pt']
+    for path in (checkpoints.latest, tmp_path / 'model_2.pt'):  # the same bytes (state_dict metadata included)
+        assert open(path, 'rb').read() == (tmp_path / 'synchronous.pt').read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ['model.pt', 'model_2.pt', 'synchronous.pt']
 
 
-def test_failed_background_write_is_raised_by_the_next_write_and_at_the_end(base_args, tmp_path, monkeypatch, capsys):
+def held_then_failing_save(release):
+    def save(state, path):
+        release.wait(timeout=30)
+        raise InputError(f'could not write checkpoint {path} (No space left on device)')
+    return save
+
+
+def test_an_interrupted_wait_leaves_the_write_pending(tmp_path, monkeypatch):
+    """A second Ctrl-C while waiting for a write: the write stays pending, so writing() waits for
+    it again and its failure is still reported."""
+    release = threading.Event()
+    monkeypatch.setattr(checkpoint, 'save', held_then_failing_save(release))
+    checkpoints = checkpoint.Checkpoints(str(tmp_path), save_freq=0, last_epoch=4)
+    checkpoints.write({'w': torch.ones(2)}, [checkpoints.latest], 2)
+    threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.wait()
+    assert checkpoints.pending is not None
+    release.set()
+    with pytest.raises(InputError, match='No space left'):
+        checkpoints.wait()
+    assert checkpoints.pending is None and checkpoints.newest_finite is None
+
+
+def test_divergence_stays_the_error_when_the_write_before_it_fails(tmp_path, monkeypatch, capsys):
+    release = threading.Event()
+    release.set()
+    monkeypatch.setattr(checkpoint, 'save', held_then_failing_save(release))
+    checkpoints = checkpoint.Checkpoints(str(tmp_path), save_freq=0, last_epoch=4)
+    checkpoints.write({'w': torch.ones(2)}, [checkpoints.latest], 2)
+    error = checkpoints.diverged('the loss is nan at step 3 of epoch 3')
+    assert str(error).startswith('training diverged: the loss is nan') and 'no finite checkpoint' in str(error)
+    assert capsys.readouterr().err.startswith('error: could not write checkpoint')
+
+
+@pytest.mark.parametrize('epochs', [3, 2])
+def test_failed_background_write_is_raised_by_the_next_write_and_at_the_end(epochs, base_args, tmp_path, monkeypatch,
+                                                                           capsys):
     """The write of epoch 2 fails (disk full): the run stops with save's one-line error when it
-    next waits for a write (epoch 3's), and the checkpoint of epoch 1 is intact."""
+    next waits for a write (epoch 3's, or the end of a 2-epoch run), and epoch 1's checkpoint is
+    intact."""
     save = checkpoint.save
 
     def full_from_epoch_2(state, path):
@@ -293,10 +370,11 @@ def test_failed_background_write_is_raised_by_the_next_write_and_at_the_end(base
                              'model.pt there is unchanged (the previous checkpoint is intact)')
         save(state, path)
     monkeypatch.setattr(checkpoint, 'save', full_from_epoch_2)
-    message = one_line_error(train.main, ['x'] + base_args(tmp_path, epochs=3), capsys)
+    message = one_line_error(train.main, ['x'] + base_args(tmp_path, epochs=epochs), capsys)
     assert 'No space left on device' in message and 'previous checkpoint is intact' in message
     assert load(tmp_path / 'x' / 'model_1.pt')['epoch'] == 1  # odd epoch: model_1.pt (--save_freq 1) only
     assert sorted(p.name for p in (tmp_path / 'x').glob('model*')) == ['model_1.pt']
+    assert f'epoch 2/{epochs}' in (tmp_path / 'x' / 'log.txt').read_text()
     assert 'epoch 3/3' not in (tmp_path / 'x' / 'log.txt').read_text()  # raised at epoch 3's write
 
 
@@ -547,7 +625,8 @@ def test_resume_needs_the_same_seed(base_args, tmp_path, capsys):
 
 def test_signal_after_an_unsaved_epoch_end_still_saves(base_args, tmp_path, monkeypatch, capsys):
     """SIGTERM while epoch 1 (odd: no model.pt due) is being logged: model.pt of epoch 1 is written
-    before the exit, so the advice to --resume holds."""
+    before the exit, so the advice to --resume holds; when that write fails, its error is the
+    run's, and nothing claims a save."""
     append = train.MetricsLog.append
 
     def append_then_signal(self, record):
@@ -560,6 +639,12 @@ def test_signal_after_an_unsaved_epoch_end_still_saves(base_args, tmp_path, monk
     assert 'stopped by SIGTERM after epoch 1: saved' in capsys.readouterr().err
     state = load(tmp_path / 'x' / 'model.pt')
     assert state['epoch'] == 1 and state['progress'] is None
+    release = threading.Event()
+    release.set()
+    monkeypatch.setattr(checkpoint, 'save', held_then_failing_save(release))
+    message = one_line_error(train.main, ['x'] + base_args(tmp_path / 'y', epochs=3) + ['--save_freq', '0'], capsys)
+    assert message.startswith('error: could not write checkpoint') and 'stopped by' not in message
+    assert 'stopped by' not in (tmp_path / 'y' / 'x' / 'log.txt').read_text()
 
 
 def test_overwrite_deletes_only_once_every_input_was_read(base_args, tmp_path, capsys):
