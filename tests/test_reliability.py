@@ -293,9 +293,10 @@ def test_failed_write_keeps_the_previous_checkpoint_and_no_temp_file(tmp_path, m
     assert path.read_bytes() == before and os.listdir(tmp_path) == ['model.pt']
 
 
-def test_checkpoints_write_in_the_background_the_state_of_their_call(tmp_path, monkeypatch):
+def test_checkpoints_write_in_the_background_the_state_of_their_call(tmp_path, monkeypatch, device):
     """write() returns while the file is being written (held here until released), and the file
-    holds the state as it was at the call although training changed it in place meanwhile."""
+    holds the state as it was at the call although training changed it in place meanwhile: the
+    bytes of a synchronous save of the same state on the CPU (a state on `device`)."""
     release, started = threading.Event(), threading.Event()
     save = checkpoint.save
 
@@ -305,9 +306,12 @@ def test_checkpoints_write_in_the_background_the_state_of_their_call(tmp_path, m
         save(state, path)
     monkeypatch.setattr(checkpoint, 'save', held_save)
     checkpoints = checkpoint.Checkpoints(str(tmp_path), save_freq=2, last_epoch=4)
-    weight, buffers = torch.arange(4.0), [torch.ones(3)]
-    state = {'w': weight, 'optim': {'state': buffers}, 'state_dict': torch.nn.BatchNorm1d(3).state_dict()}
-    save(state, str(tmp_path / 'synchronous.pt'))
+    def make_state(on):
+        return {'w': torch.arange(4.0, device=on), 'optim': {'state': [torch.ones(3, device=on)]},
+                'state_dict': torch.nn.BatchNorm1d(3).to(on).state_dict()}
+    save(make_state('cpu'), str(tmp_path / 'synchronous.pt'))
+    state = make_state(device)
+    weight, buffers = state['w'], state['optim']['state']
     with checkpoints.writing():
         checkpoints.write(state, [checkpoints.latest, str(tmp_path / 'model_2.pt')], 2)
         assert started.wait(timeout=30) and not os.path.exists(checkpoints.latest)  # in flight
