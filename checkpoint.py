@@ -15,8 +15,8 @@ overwritten by accident.
 import contextlib
 import copy
 import errno
-import glob
 import os
+import re
 import shutil
 import sys
 import threading
@@ -24,7 +24,7 @@ import threading
 import numpy as np
 import torch
 
-from utils import InputError
+from utils import InputError, WriteFailed
 
 # Plain numpy arrays (data only; their contents go through the same restricted unpickler): the
 # previous checkpoint format stored numpy's RNG state as one, and those runs must stay resumable.
@@ -32,11 +32,38 @@ NUMPY_ARRAYS = [(np._core if hasattr(np, '_core') else np.core).multiarray._reco
                 *{type(np.dtype(t)) for t in (np.uint32, np.int64, np.float32, np.float64)}]
 SAFE_LOAD_ADVICE = ('if you trust the file, re-save what you need with plain torch types, e.g. '
                     "torch.save(torch.load(PATH, weights_only=False)['state_dict'], NEW_PATH)")
+# The files a run and its tools write in its experiment folder (issue 20: never glob a user-supplied
+# path; --overwrite deletes these and nothing else): checkpoints and their per-process temp files,
+# the log, the history, test.py's results of its checkpoints and plot.py's pictures of the run.
+CHECKPOINT_NAME = re.compile(r'model(_\d+)?\.pt')
+RUN_FILE_NAME = re.compile(r'(model(_\d+)?\.pt|metrics\.jsonl|model(_\d+)?_results\.json)(\.\d+)?\.tmp'
+                           r'|log\.txt|metrics\.jsonl|model(_\d+)?_results\.json|(loss_lr|probe|bcl_weights)\.png')
+
+
+def temp_path(path):
+    """The temp file beside `path` of this process: two processes never share one (issue 20)."""
+    return f'{path}.{os.getpid()}.tmp'
+
+
+def write_failure_reason(error, folder):
+    """Why a write failed, in words: the OS's reason, or for torch's own writer (which reports a
+    full disk as 'enforce fail at inline_container.cc...') what the folder's state says."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    try:
+        stats = os.statvfs(folder)
+        if stats.f_bavail * stats.f_frsize < 2 ** 26:  # under 64 MB left
+            return f'No space left on device ({stats.f_bavail * stats.f_frsize // 2 ** 20} MB free)'
+    except OSError:
+        pass
+    if not os.access(folder, os.W_OK):
+        return 'the folder is read-only or not writable'
+    return 'the write failed: the disk may be full or read-only'
 
 
 def save(state, path):
     """Write `state` to `path` atomically (a crash leaves the old file or the new one, never half)."""
-    tmp = f'{path}.tmp'
+    tmp = temp_path(path)
     try:
         with open(tmp, 'wb') as f:
             torch.save(state, f)
@@ -44,14 +71,13 @@ def save(state, path):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as error:  # the temp file never stays, whatever stopped the write
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
         if not isinstance(error, (OSError, RuntimeError)):  # torch.save reports a full disk as a RuntimeError
             raise
-        reason = getattr(error, 'strerror', None) or ' '.join(str(error).split())[:160]
-        raise InputError(f'could not write checkpoint {path} ({reason}); {os.path.basename(path)} there is '
-                         f'unchanged (the previous checkpoint is intact): free space or fix permissions, '
-                         f'then continue with --resume') from None
+        reason = write_failure_reason(error, os.path.dirname(os.path.abspath(path)))
+        raise WriteFailed(f'could not write checkpoint {path} ({reason}); {os.path.basename(path)} there is '
+                          f'unchanged') from None
     _fsync_folder(os.path.dirname(os.path.abspath(path)))
 
 
@@ -169,8 +195,19 @@ class Checkpoints:
         self.newest_finite = None  # (path, epoch) of the newest checkpoint known to be finite and on disk
         self.pending = None  # (BackgroundWrite, paths, epoch) of the write in flight
 
+    def _listed(self, pattern):
+        """The folder's files whose whole name matches `pattern` (the folder is listed, never globbed:
+        a run name may hold glob characters, issue 20)."""
+        try:
+            names = os.listdir(self.folder)
+        except FileNotFoundError:
+            return []
+        return sorted(os.path.join(self.folder, name) for name in names
+                      if pattern.fullmatch(name) and os.path.isfile(os.path.join(self.folder, name)))
+
     def existing(self):
-        return sorted(glob.glob(os.path.join(self.folder, 'model*.pt')))
+        """The checkpoints a run wrote here: model.pt and model_{epoch}.pt."""
+        return self._listed(CHECKPOINT_NAME)
 
     def refuse_fresh_run_over(self, experiment):
         """A fresh run must not replace a run's checkpoints (a resubmitted job would)."""
@@ -183,14 +220,12 @@ class Checkpoints:
                              f'(--overwrite deletes them and starts over there)')
 
     def remove_all(self):
-        """--overwrite: start over in this folder (checkpoints and their temp files, log, metrics)."""
+        """--overwrite: start over in this folder. Deletes the files a run writes (checkpoints and
+        their temp files, log, metrics, the TensorBoard folder) and nothing else."""
         if not self.writes:
             return
-        for path in self.existing() + glob.glob(os.path.join(self.folder, 'model*.pt.tmp')):
+        for path in self.existing() + self._listed(RUN_FILE_NAME):
             os.remove(path)
-        for name in ('log.txt', 'metrics.jsonl'):
-            if os.path.exists(os.path.join(self.folder, name)):
-                os.remove(os.path.join(self.folder, name))
         shutil.rmtree(os.path.join(self.folder, 'tensorboard'), ignore_errors=True)
 
     def resumed_from(self, path, epoch):
@@ -201,6 +236,15 @@ class Checkpoints:
             return 'no finite checkpoint of this run exists yet'
         path, epoch = self.newest_finite
         return f'the newest finite checkpoint, {path} (epoch {epoch}), is kept'
+
+    def resume_advice(self, remedy='free space or fix permissions'):
+        """How to go on after the run failed (`remedy` first): from the newest checkpoint, or from
+        scratch when this run has none yet (then --resume would find nothing)."""
+        if self.newest_finite is None:
+            return f'no checkpoint of this run exists yet: {remedy}, then start the run again (same command)'
+        path, epoch = self.newest_finite
+        resume = '--resume' if path == self.latest else f'--resume --checkpoint {path}'
+        return f'the newest checkpoint, {path} (epoch {epoch}), is intact: {remedy}, then continue with {resume}'
 
     def diverged(self, what):
         """The InputError of a run whose loss or state became non-finite (`what` says where)."""
@@ -241,6 +285,8 @@ class Checkpoints:
             writing, paths, epoch = self.pending
             writing.done.wait()  # a second Ctrl-C here leaves it pending: writing() waits again
             self.pending = None
+            if isinstance(writing.error, WriteFailed):
+                raise InputError(f'{writing.error}; {self.resume_advice()}') from None
             if writing.error is not None:
                 raise writing.error
             self._written(paths, epoch)
@@ -254,8 +300,17 @@ class Checkpoints:
             print(f'error: {write_error}', file=sys.stderr)
 
     def _written(self, paths, epoch):
-        if self.latest in paths:
-            self.newest_finite = (self.latest, epoch)
+        if paths:  # model.pt when it is among them (what a plain --resume reads)
+            self.newest_finite = (self.latest if self.latest in paths else paths[0], epoch)
+
+    @contextlib.contextmanager
+    def advising(self):
+        """A failed write of the run's log or history (WriteFailed) becomes one line that says which
+        checkpoint is intact and how to go on."""
+        try:
+            yield self
+        except WriteFailed as error:
+            raise InputError(f'{error}; {self.resume_advice()}') from None
 
     @contextlib.contextmanager
     def writing(self):

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from data.cifar100 import NUM_CLASSES, EvalCIFAR100
-from preemption import ignore_in_worker, workers_start_shielded
+from preemption import check, ignore_in_worker, workers_start_shielded
 from split.resolve import load_split, protocol_files
 from utils import InputError
 
@@ -37,7 +37,7 @@ CUDA_GRAPHS = True  # replay a probe epoch as a CUDA graph on CUDA (tests compar
 
 
 def extract_features(model, dataset, device, batch_size=512, num_workers=0, amp='none',
-                     channels_last=False, desc=None):
+                     channels_last=False, desc=None, stop=None):
     """(features float32 [N, d], labels int64 [N]) of `dataset`, both on `device`, in dataset order.
 
     Design 6: eval mode, no gradient, `model.features` (the dense branch for SDCLR). The
@@ -45,6 +45,7 @@ def extract_features(model, dataset, device, batch_size=512, num_workers=0, amp=
     the network under bfloat16 autocast, the features are still returned as float32 (the
     probes train in float32); channels_last feeds the images in channels-last memory format
     (convert the model too: model.to(memory_format=torch.channels_last)). `desc`: a progress bar.
+    `stop` (preemption.StopRequest): a signal raises preemption.Stopped at the next batch.
     """
     cuda = device.type == 'cuda'
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -58,6 +59,7 @@ def extract_features(model, dataset, device, batch_size=512, num_workers=0, amp=
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == 'bf16'):
         for images, targets in tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, total=len(loader),
                                     disable=None if desc else True):
+            check(stop)
             images = images.to(device, non_blocking=cuda).contiguous(memory_format=memory_format)
             features.append(model.features(images).float())
             labels.append(targets.to(device, non_blocking=cuda))
@@ -112,7 +114,7 @@ def _probe_epoch(features, labels, index, perm, scalars, state):
         _adam_step(bias, dlogits.sum(1), *moments[2:], scalars[step])
 
 
-def train_probes(features, labels, index_sets, num_class, epochs=PROBE_EPOCHS, seed=0, desc=None):
+def train_probes(features, labels, index_sets, num_class, epochs=PROBE_EPOCHS, seed=0, desc=None, stop=None):
     """Train one linear probe per index set (rows of `features`), all at once.
 
     Returns (weight [P, d, C], bias [P, C]). The index sets (numpy arrays or tensors on any
@@ -122,7 +124,7 @@ def train_probes(features, labels, index_sets, num_class, epochs=PROBE_EPOCHS, s
     once per block. The steps (_probe_epoch, torch.optim.Adam's arithmetic with gradients written
     out) read no host value; on CUDA the first epoch runs eagerly, the others replay it as one
     CUDA graph (the same kernels: the same numbers, without ~20 launches per step). `desc`: a
-    progress bar over the epochs.
+    progress bar over the epochs; `stop`: a signal raises preemption.Stopped at the next epoch.
     """
     if len({len(s) for s in index_sets}) != 1:
         raise ValueError(f'probes trained together need index sets of one size, got {[len(s) for s in index_sets]}')
@@ -146,6 +148,7 @@ def train_probes(features, labels, index_sets, num_class, epochs=PROBE_EPOCHS, s
     graph = None
     block = max(1, PERMUTATION_BLOCK // n)  # epochs per host-to-device copy
     for epoch in tqdm(range(epochs), desc=desc, leave=False, dynamic_ncols=True, disable=None if desc else True):
+        check(stop)
         if epoch % block == 0:
             perms = torch.stack([torch.randperm(n, generator=generator)
                                  for _ in range(min(block, epochs - epoch))]).to(device)
@@ -189,10 +192,10 @@ def probe_accuracy(weight, bias, features, labels, num_class):
 
 
 def linear_probe(train_features, train_labels, test_features, test_labels, num_class=NUM_CLASSES,
-                 epochs=PROBE_EPOCHS, seed=0, desc=None):
+                 epochs=PROBE_EPOCHS, seed=0, desc=None, stop=None):
     """One probe on all training features: {'top1', 'top5', 'per_class'} on the test features."""
     rows = torch.arange(len(train_features), device=train_features.device)
-    weight, bias = train_probes(train_features, train_labels, [rows], num_class, epochs, seed, desc)
+    weight, bias = train_probes(train_features, train_labels, [rows], num_class, epochs, seed, desc, stop)
     return probe_accuracy(weight, bias, test_features, test_labels, num_class)[0]
 
 
@@ -235,15 +238,16 @@ def prepare_full_shot(data_folder, train_split, disable_hint=None):
 
 
 def full_shot_eval(model, probe_data, device, probe_epochs=PROBE_EPOCHS, seed=0, num_workers=0, amp='none',
-                   channels_last=False):
+                   channels_last=False, stop=None):
     """Full-shot probe of design 6 on `probe_data` (prepare_full_shot): trained on the train list,
     tested on the 10,000 test images. Returns {'top1', 'top5', 'per_class', 'many', 'medium',
-    'few', 'std'}. `amp` and `channels_last` act on the feature pass, as in extract_features."""
-    speed = {'num_workers': num_workers, 'amp': amp, 'channels_last': channels_last}
+    'few', 'std'}. `amp` and `channels_last` act on the feature pass, as in extract_features. A signal
+    on `stop` (train.py's StopRequest) raises preemption.Stopped within a batch or a probe epoch."""
+    speed = {'num_workers': num_workers, 'amp': amp, 'channels_last': channels_last, 'stop': stop}
     train_features, train_labels = extract_features(model, probe_data['train_set'], device,
                                                     desc='features (train list)', **speed)
     test_features, test_labels = extract_features(model, probe_data['test_set'], device,
                                                   desc='features (test set)', **speed)
     result = linear_probe(train_features, train_labels, test_features, test_labels, NUM_CLASSES,
-                          probe_epochs, seed, desc='full-shot probe')
+                          probe_epochs, seed, desc='full-shot probe', stop=stop)
     return {**result, **group_accuracy(result['per_class'], probe_data['class_counts'])}

@@ -6,15 +6,18 @@ the epoch), images_per_s, sparsity (SDCLR / BCL-D), probe {top1, top5, many, med
 in-training probe ran, and for BCL bcl_weight {many, medium, few}: per class group of D_i (design
 6's groups; null for a group without samples) the mean and the quantiles of the weights that epoch's update set (the ones the next
 epoch augments with). A resumed run first drops the lines of the epochs it will run again, so every
-epoch appears once.
+epoch appears once. An epoch's line is written before its in-training probe and completed with the
+probe's result afterwards.
 """
+import contextlib
 import json
 import os
 
 import numpy as np
 
+from checkpoint import temp_path
 from eval_cifar import GROUPS, class_groups
-from utils import InputError
+from utils import InputError, WriteFailed
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 TENSORBOARD_HINT = '--tensorboard needs the tensorboard package: pip install tensorboard (or drop the flag)'
@@ -65,29 +68,65 @@ def _scalars(record, prefix=''):
 
 class MetricsLog:
     """Appends one line per epoch to FOLDER/metrics.jsonl (and to TensorBoard in FOLDER/tensorboard);
-    does nothing when not `enabled` (ranks other than 0 of a distributed run)."""
+    does nothing when not `enabled` (ranks other than 0 of a distributed run).
 
-    def __init__(self, folder, first_epoch, tensorboard=False, enabled=True):
-        self.path, self.enabled = os.path.join(folder, 'metrics.jsonl'), enabled
-        if enabled and os.path.exists(self.path):
-            kept = [r for r in read_metrics(self.path) if r['epoch'] < first_epoch]
-            tmp = f'{self.path}.tmp'
-            with open(tmp, 'w') as f:
-                f.writelines(json.dumps(r) + '\n' for r in kept)
-            os.replace(tmp, self.path)
-        self.writer = None
-        if tensorboard and enabled:
+    A resumed run keeps the lines of the epochs before `first_epoch`, from this folder's history or,
+    when it continues another folder's checkpoint, from `history_from` (that folder). An epoch's line
+    is written when the epoch ends, before its in-training probe, and `add_probe` adds the probe's
+    result to it afterwards (a kill during the probe loses nothing but the probe; issue 20). Rewrites
+    are atomic (temp file, rename); a failed write is a one-line WriteFailed.
+    """
+
+    def __init__(self, folder, first_epoch, tensorboard=False, enabled=True, history_from=None):
+        self.path, self.enabled, self.records, self.writer = os.path.join(folder, 'metrics.jsonl'), enabled, [], None
+        if not enabled:
+            return
+        source = os.path.join(history_from, 'metrics.jsonl') if history_from else self.path
+        if os.path.exists(source):
+            self.records = [r for r in read_metrics(source) if r['epoch'] < first_epoch]
+            self._rewrite()
+        if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(os.path.join(folder, 'tensorboard'), purge_step=first_epoch)
+
+    def _rewrite(self):
+        tmp = temp_path(self.path)
+        try:
+            with open(tmp, 'w') as f:
+                f.writelines(json.dumps(r) + '\n' for r in self.records)
+            os.replace(tmp, self.path)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise WriteFailed(f'could not write {self.path} ({error.strerror or error})') from None
+
+    def record(self, epoch):
+        """The line of `epoch` (a dict), or None."""
+        return next((r for r in self.records if r['epoch'] == epoch), None)
 
     def append(self, record):
         if not self.enabled:
             return
-        with open(self.path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
+        try:
+            with open(self.path, 'a') as f:
+                f.write(json.dumps(record) + '\n')
+        except OSError as error:
+            raise WriteFailed(f'could not write {self.path} ({error.strerror or error})') from None
+        self.records.append(record)
+        self._scalars(record['epoch'], record)
+
+    def add_probe(self, epoch, probe):
+        """Add the in-training probe's result to the line of `epoch` (already written)."""
+        if not self.enabled:
+            return
+        self.record(epoch)['probe'] = probe
+        self._rewrite()
+        self._scalars(epoch, {'probe': probe})
+
+    def _scalars(self, epoch, record):
         if self.writer is not None:
             for name, value in _scalars(record):
-                self.writer.add_scalar(name, value, record['epoch'])
+                self.writer.add_scalar(name, value, epoch)
             self.writer.flush()
 
     def close(self):

@@ -47,6 +47,17 @@ class StopRequest:
         return 128 + signal.Signals[self.requested].value
 
 
+class Stopped(Exception):
+    """A stop signal cut work short between two of its steps (raised by `check`): the in-training
+    probe stops within a batch of features or a probe epoch, not after its whole run (issue 20)."""
+
+
+def check(stop):
+    """Raise Stopped if `stop` (a StopRequest, or None) has received a signal."""
+    if stop is not None and stop.requested:
+        raise Stopped(stop.requested)
+
+
 def ignore_in_worker(worker_id=None):
     for signum in SIGNALS:
         signal.signal(signum, signal.SIG_IGN)  # a signal held since the fork is dropped here

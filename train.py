@@ -18,21 +18,24 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import checkpoint
+import training_state
 from checkpoint import Checkpoints
 from data.cifar100 import TwoViewCIFAR100, load_cifar100
 from data.device_views import DeviceViews
 from data.memoboosted_cifar100 import MemoBoostedCIFAR100
 from data.sampler import EpochBatchSampler
 from distributed import Distributed, from_environment, global_batch_norm
+from folder_lock import FolderLock
 from eval_cifar import GROUPS, full_shot_eval, prepare_full_shot
 from losses.nt_xent import nt_xent
 from metrics import MetricsLog, bcl_weight_stats, check_tensorboard
 from models import build_model
 from models.utils import load_pretrained
-from preemption import Preempted, StopRequest, ignore_in_worker, workers_start_shielded
+from preemption import Preempted, StopRequest, Stopped, ignore_in_worker, workers_start_shielded
 from split.resolve import load_split
+from training_state import RESUME_ADVICE, Parts, check_inputs, input_digests, method_name
 from utils import (ArgumentParser, InputError, Logger, compile_model, cosine_annealing, fail, float_in,
-                   int_in, keyed_seed, rng_state, set_cudnn, set_rng_state, set_seed)
+                   int_in, keyed_seed, set_cudnn, set_seed)
 
 WARMUP_EPOCHS = 10  # design 5
 WORKER_SEED_STREAM = 1  # keyed_seed(seed, epoch, 1) seeds an epoch's loader workers
@@ -58,10 +61,19 @@ def str2bool(value):
     raise argparse.ArgumentTypeError(f'expected True or False, got {value!r}')
 
 
+def experiment_name(text):
+    """A run name is one folder name inside --save_dir (issue 20): '..', '', a path or an absolute
+    path would put the run's files (and --overwrite's deletions) outside SAVE_DIR/EXPERIMENT."""
+    if text in ('', '.', '..') or '/' in text or os.sep in text or '\0' in text:
+        raise argparse.ArgumentTypeError(f'{text!r} is not one folder name (no "/", not "", "." or ".."): '
+                                         f'the run goes to SAVE_DIR/EXPERIMENT/')
+    return text
+
+
 def get_parser(sdclr):
     parser = ArgumentParser(
         description=('SDCLR / BCL-D' if sdclr else 'SimCLR / BCL-I') + ' pre-training on CIFAR-100-LT')
-    parser.add_argument('experiment', help='run name: checkpoints go to SAVE_DIR/EXPERIMENT/')
+    parser.add_argument('experiment', type=experiment_name, help='run name: checkpoints go to SAVE_DIR/EXPERIMENT/')
     parser.add_argument('--save_dir', default='checkpoints')
     parser.add_argument('--data_folder', default='', help="folder holding torchvision's cifar-100-python/")
     parser.add_argument('--dataset', default='cifar100', choices=['cifar100'])
@@ -130,11 +142,6 @@ def parse_args(argv, sdclr):
     return args
 
 
-def method_name(args):
-    return {(False, False): 'SimCLR', (False, True): 'BCL-I',
-            (True, False): 'SDCLR', (True, True): 'BCL-D'}[(args.sdclr, args.bcl)]
-
-
 class MomentumLoss:
     """Per-sample momentum loss (design 2): O(N) state on the loss's device.
 
@@ -177,14 +184,13 @@ def check_method_args(args, state, path):
 
 
 def load_resume_checkpoint(args, save_dir):
+    """The checkpoint --resume continues, validated whole before anything is touched (issue 20)."""
     path = args.checkpoint or os.path.join(save_dir, 'model.pt')
     if not os.path.isfile(path):
         raise InputError(f'--resume: no checkpoint at {path}; train without --resume first, '
                          f'or pass --checkpoint FILE')
     state = checkpoint.load(path)
-    if not isinstance(state, dict) or 'momentum_loss' not in state:
-        raise InputError(f'{path} holds weights only, not a full training state: use it as '
-                         f'--checkpoint without --resume to start from its weights')
+    training_state.validate(state, path)
     check_method_args(args, state, path)
     bad = checkpoint.non_finite(state)
     if bad:
@@ -316,57 +322,6 @@ def start_epoch_loader(loader, seed, epoch, start_step=0):
         loader.generator.manual_seed(keyed_seed(seed, epoch, WORKER_SEED_STREAM))
 
 
-@dataclass
-class Parts:
-    """What a checkpoint captures of a run, and how to save and restore it (design 5: everything
-    needed to continue exactly)."""
-    args: argparse.Namespace
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    momentum: MomentumLoss
-    dataset: TwoViewCIFAR100
-    device: torch.device
-    steps_per_epoch: int
-
-    def state(self, epoch, progress=None):
-        """The training state after `epoch` finished epochs, in plain types and tensors (checkpoint.load
-        reads it with weights_only=True). A mid-epoch state adds `progress` (mid_epoch)."""
-        args = self.args
-        return {'epoch': epoch, 'state_dict': self.model.state_dict(), 'optim': self.optimizer.state_dict(),
-                'scheduler': {'step': epoch * self.steps_per_epoch + (progress['step'] if progress else 0),
-                              'total_steps': args.epochs * self.steps_per_epoch},
-                'momentum_loss': self.momentum.value,
-                'momentum_weight': self.dataset.momentum_weight.clone() if args.bcl else None,
-                'rng': rng_state(self.device), 'args': vars(args), 'method': method_name(args), 'progress': progress}
-
-    def mid_epoch(self, epoch, progress, epoch_metrics):
-        """The state of a run stopped inside `epoch`: the steps done, the epoch's loss so far, the prune
-        masks the epoch started with (non-persistent buffers) and before_epoch's metrics."""
-        persistent = self.model.state_dict().keys()
-        masks = {name: b.bool() for name, b in self.model.named_buffers() if name not in persistent}
-        return self.state(epoch - 1, {'epoch': epoch, 'step': progress.step, 'loss_sum': progress.loss_sum.item(),
-                                      'seen': progress.seen, 'masks': masks, 'epoch_metrics': epoch_metrics})
-
-    def restore(self, state):
-        """Load a training state; returns (first epoch to run, EpochProgress or None, the partial
-        epoch's before_epoch metrics)."""
-        self.model.load_state_dict(state['state_dict'])
-        self.optimizer.load_state_dict(state['optim'])
-        self.momentum.value.copy_(state['momentum_loss'])
-        if self.args.bcl:
-            self.dataset.momentum_weight.copy_(state['momentum_weight'])
-        set_rng_state(state['rng'], self.device)
-        partial = state.get('progress')
-        if partial is None:
-            return state['epoch'] + 1, None, None
-        buffers = dict(self.model.named_buffers())
-        for name, mask in partial['masks'].items():
-            buffers[name].copy_(mask)
-        progress = EpochProgress(partial['step'], torch.tensor(partial['loss_sum'], device=self.device),
-                                 partial['seen'])
-        return partial['epoch'], progress, partial['epoch_metrics']
-
-
 def epoch_record(epoch, progress, seen_before, train_s, lr, epoch_metrics):
     """metrics.jsonl's line of a finished epoch (the BCL weights and the probe are added later)."""
     return {'epoch': epoch, 'loss': progress.loss_sum.item() / progress.seen, 'lr': lr, 'time_s': train_s,
@@ -398,15 +353,89 @@ def check_shares(sampler):
 
 
 def prepare_folder(args, checkpoints, save_dir):
-    """The checkpoint to resume, or (None, None) for a fresh run, which must replace nothing
-    unless --overwrite (whose deletion waits until every input has been read: start_over)."""
-    if args.resume:
-        path, state = load_resume_checkpoint(args, save_dir)
-        checkpoints.resumed_from(path, state['epoch'])
-        return path, state
-    if not args.overwrite:
-        checkpoints.refuse_fresh_run_over(args.experiment)
-    return None, None
+    """(checkpoint path, training state, the folder whose history it continues) of a resumed run, or
+    (None, None, None) for a fresh one, which must replace nothing unless --overwrite (whose deletion
+    waits until every input has been read). A checkpoint of another folder continues into this one
+    only if it holds no run of its own, or with --overwrite (issue 20)."""
+    if not args.resume:
+        if not args.overwrite:
+            checkpoints.refuse_fresh_run_over(args.experiment)
+        return None, None, None
+    path, state = load_resume_checkpoint(args, save_dir)
+    source = os.path.dirname(os.path.abspath(path))
+    elsewhere = os.path.realpath(source) != os.path.realpath(save_dir)
+    if elsewhere and checkpoints.existing() and not args.overwrite:
+        raise InputError(f'{save_dir} holds a run of its own ({len(checkpoints.existing())} checkpoint(s)): continuing '
+                         f'{path} there would replace it. Continue it into a clean folder (a new experiment name), '
+                         f'or pass --overwrite to delete that run and continue {path} there')
+    if args.overwrite and not elsewhere:
+        raise InputError(f'--overwrite with --resume of {path} would delete the run it continues: drop --overwrite '
+                         f'to continue it, or drop --resume to start over')
+    checkpoints.resumed_from(path, state['epoch'])
+    return path, state, source if elsewhere else None
+
+
+def build_parts(args, dist):
+    """The run's parts (dataset, model on the device, optimizer, momentum state), its loader and the
+    in-training probe's data: every input read and checked before epoch 1."""
+    device = dist.device
+    dataset, probe_data = training_data(args)
+    sampler = EpochBatchSampler(len(dataset), args.batch_size, args.seed, dist.rank, dist.world_size)
+    check_shares(sampler)
+    loader = make_loader(dataset, sampler, args, device)
+    model = build_model(prune=args.sdclr, network=args.model, num_class=args.num_class)
+    if dist.enabled:
+        global_batch_norm(model)  # design 5's BatchNorm over the global batch
+    if args.checkpoint and not args.resume:
+        load_pretrained(model, args.checkpoint, wrong_family_advice=RETRAIN_ADVICE)
+    model = model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    momentum = MomentumLoss(len(dataset), args.momentum_loss_beta, device)
+    parts = Parts(args, model, optimizer, momentum, dataset, device, sampler.steps_per_epoch, input_digests(args))
+    return parts, loader, probe_data
+
+
+def check_resumable(state, parts, path):
+    """The checkpoint fits this run: the same split and data files (their digests), and weights,
+    optimizer, momentum state and progress of the run's shapes."""
+    check_inputs(state.get('inputs'), parts.inputs, path)
+    problem = parts.mismatch(state)
+    if problem:
+        raise InputError(f'{path} does not fit this run ({problem}): {RESUME_ADVICE}')
+
+
+def probe_cut_short(args, history, epoch):
+    """Whether `epoch` ended with a due in-training probe that never finished (a kill or a signal
+    during it): its metrics line has no probe."""
+    record = history.record(epoch)
+    return bool(args.eval_freq) and epoch >= 1 and epoch % args.eval_freq == 0 and record is not None \
+        and 'probe' not in record
+
+
+def in_training_probe(parts, probe_data, epoch, stop, history, log):
+    """Design 5's full-shot probe after `epoch` (its checkpoint is already taken; the training RNG is
+    left as it was), its result added to the epoch's metrics line. A stop signal cuts it short within
+    a batch or a probe epoch (issue 20: within the scheduler's grace period); returns False then, and
+    --resume runs it again."""
+    args, device = parts.args, parts.device
+    with torch.random.fork_rng(devices=[device.index] if device.type == 'cuda' else []):
+        try:
+            result = full_shot_eval(parts.model, probe_data, device, num_workers=args.num_workers, amp=args.amp,
+                                    channels_last=args.channels_last, stop=stop)
+        except Stopped:
+            log.log(f'the full-shot probe of epoch {epoch} was cut short by {stop.requested}; --resume runs it again')
+            return False
+    log.log(f'probe after epoch {epoch}/{args.epochs}: full-shot top1 {result["top1"]:.2f} top5 {result["top5"]:.2f}')
+    history.add_probe(epoch, {k: result[k] for k in ('top1', 'top5') + GROUPS})
+    return True
+
+
+def loader_worker_died(error, args, checkpoints):
+    """The one-line error of a loader worker killed under the run (the OOM killer's SIGKILL, say)."""
+    cause = ' '.join(str(error).split())[:120]
+    return InputError(f'a data loader worker died ({cause}), most likely killed for lack of memory: lower '
+                      f'--num_workers (now {args.num_workers}) or free memory; '
+                      + checkpoints.resume_advice('lower --num_workers or free memory'))
 
 
 def run(args, step_fn, before_epoch=None):
@@ -416,111 +445,115 @@ def run(args, step_fn, before_epoch=None):
     and returns the per-sample loss; `before_epoch(model, epoch, args)` runs at each epoch
     start (SDCLR recomputes its prune mask there) and returns a dict of metrics for the log
     line and metrics.jsonl (or None).
-    Every file the run needs is resolved before epoch 1; each epoch's checkpoint is taken before
-    its probe and written in the background (on disk before run returns or raises); SIGTERM/SIGINT
-    end the run with a resumable checkpoint (Preempted).
+    The experiment folder is locked for the whole run (folder_lock.py); every file the run needs is
+    resolved and a checkpoint to resume validated before anything is written; each epoch's
+    checkpoint is taken before its probe and written in the background (on disk before run returns
+    or raises); SIGTERM/SIGINT end the run with a resumable checkpoint (Preempted).
     """
     if args.tensorboard:
         check_tensorboard()
     dist = from_environment(args.gpus)  # one process, or this rank of a torchrun job
-    device = dist.device
-    set_cudnn(device, args.cudnn_benchmark, args.tf32)
+    set_cudnn(dist.device, args.cudnn_benchmark, args.tf32)
     set_seed(args.seed)
     save_dir = make_save_dir(args, dist.rank)
     checkpoints = Checkpoints(save_dir, args.save_freq, args.epochs, writes=dist.is_main)
-    resume_path, state = prepare_folder(args, checkpoints, save_dir)
+    with FolderLock(save_dir, enabled=dist.is_main), checkpoints.advising():
+        resume_path, state, history_from = prepare_folder(args, checkpoints, save_dir)
+        parts, loader, probe_data = build_parts(args, dist)
+        if state is not None:
+            check_resumable(state, parts, resume_path)
+        if args.overwrite and (state is None or history_from):  # every input read: only now delete the old run
+            checkpoints.remove_all()
+        log = Logger(os.path.join(save_dir, 'log.txt'), enabled=dist.is_main)
+        start_epoch, progress, epoch_metrics = 1, None, None
+        if state is not None:
+            start_epoch, partial = parts.restore(state)
+            if partial is not None:
+                progress = EpochProgress(partial['step'], torch.tensor(partial['loss_sum'], device=dist.device),
+                                         partial['seen'])
+                epoch_metrics = partial['epoch_metrics']
+            where = f'epoch {start_epoch}, step {progress.step}' if progress else f'the end of epoch {state["epoch"]}'
+            log.log(f'resumed from {resume_path} at {where}'
+                    + ('; the run is complete, nothing left to train' if start_epoch > args.epochs else ''))
+            del state
+        log.log(f'{method_name(args)} arguments: {vars(args)}')
+        log.log(f'device: {dist.device}' + (f' (rank 0 of {dist.world_size})' if dist.enabled else '')
+                + f'; split {args.trainSplit}: {class_distribution(parts.dataset.class_counts)}')
+        history = MetricsLog(save_dir, start_epoch, args.tensorboard, dist.is_main, history_from)
+        with StopRequest() as stop, checkpoints.writing():  # writes in the background, all done on exit
+            if progress is None and dist.is_main and probe_cut_short(args, history, start_epoch - 1):
+                if not in_training_probe(parts, probe_data, start_epoch - 1, stop, history, log):
+                    raise Preempted(stop, log, f'during the probe of epoch {start_epoch - 1} (nothing else to save)')
+            train_epochs(parts, loader, step_fn, before_epoch, checkpoints, history, log, probe_data, stop, dist,
+                         start_epoch, progress, epoch_metrics)
+        history.close()
+    dist.close()
+    return parts.model, parts.momentum
 
-    dataset, probe_data = training_data(args)
-    sampler = EpochBatchSampler(len(dataset), args.batch_size, args.seed, dist.rank, dist.world_size)
-    check_shares(sampler)
-    loader = make_loader(dataset, sampler, args, device)
 
-    model = build_model(prune=args.sdclr, network=args.model, num_class=args.num_class)
-    if dist.enabled:
-        global_batch_norm(model)  # design 5's BatchNorm over the global batch
-    if args.checkpoint and not args.resume:
-        load_pretrained(model, args.checkpoint, wrong_family_advice=RETRAIN_ADVICE)
+def train_epochs(parts, loader, step_fn, before_epoch, checkpoints, history, log, probe_data, stop, dist,
+                 start_epoch, progress, epoch_metrics):
+    """The epochs from `start_epoch` (the rest of it, when `progress` says where it stopped) to the
+    last: train, update BCL's weights, log, checkpoint, probe; raises Preempted on a stop signal."""
+    args, model, optimizer, dataset = parts.args, parts.model, parts.optimizer, parts.dataset
+    device, steps_per_epoch = parts.device, parts.steps_per_epoch
+    total_steps = args.epochs * steps_per_epoch
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-    momentum = MomentumLoss(len(dataset), args.momentum_loss_beta, device)
-    parts = Parts(args, model, optimizer, momentum, dataset, device, sampler.steps_per_epoch)
-    steps_per_epoch, total_steps = sampler.steps_per_epoch, args.epochs * sampler.steps_per_epoch
 
     def lr_at(step):  # design 5: warm-up over 10 epochs, cosine to 1e-6
         return args.lr * cosine_annealing(step, total_steps, 1, 1e-6 / args.lr,
                                           warmup_steps=WARMUP_EPOCHS * steps_per_epoch)
 
-    if args.overwrite and not args.resume:  # every input read: only now delete the old run
-        checkpoints.remove_all()
-    log = Logger(os.path.join(save_dir, 'log.txt'), enabled=dist.is_main)
-    start_epoch, progress, epoch_metrics = 1, None, None
-    if state is not None:
-        start_epoch, progress, epoch_metrics = parts.restore(state)
-        where = f'epoch {start_epoch}, step {progress.step}' if progress else f'the end of epoch {state["epoch"]}'
-        log.log(f'resumed from {resume_path} at {where}'
-                + ('; the run is complete, nothing left to train' if start_epoch > args.epochs else ''))
-        del state
-
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == 'bf16')  # noqa: E731
     if args.compile:
         compile_model(model)
     trained = dist.wrap(model, find_unused_parameters=args.sdclr)  # SDCLR: each pass uses one BN of each pair
-    log.log(f'{method_name(args)} arguments: {vars(args)}')
-    log.log(f'device: {device}' + (f' (rank 0 of {dist.world_size})' if dist.enabled else '')
-            + f'; split {args.trainSplit}: {class_distribution(dataset.class_counts)}')
-    history = MetricsLog(save_dir, start_epoch, args.tensorboard, enabled=dist.is_main)
-
-    with StopRequest() as stop, checkpoints.writing():  # writes in the background, all done on exit
-        for epoch in range(start_epoch, args.epochs + 1):
-            start, seen_before = time.time(), progress.seen if progress else 0
-            if progress is None:
-                epoch_metrics = before_epoch(model, epoch, args) if before_epoch is not None else None
-            start_epoch_loader(loader, args.seed, epoch, progress.step if progress else 0)
-            try:
-                progress = train_epoch(trained, loader, optimizer, step_fn, momentum, epoch, args, lr_at, autocast,
-                                       device, memory_format, steps_per_epoch, progress, stop, dist)
-            except Diverged as error:
-                raise checkpoints.diverged(str(error)) from None
-            if progress.stopped:
-                stopped_state = parts.mid_epoch(epoch, progress, epoch_metrics)
-                checkpoints.check_finite(stopped_state, epoch, f'step {progress.step}')
-                checkpoints.write(stopped_state, [checkpoints.latest], epoch - 1)
-                checkpoints.wait()
-                raise Preempted(stop, log, f'at epoch {epoch}, step {progress.step}/{steps_per_epoch}: saved '
-                                           f'{checkpoints.latest}')
-            train_s = time.time() - start
-            record = epoch_record(epoch, progress, seen_before, train_s, optimizer.param_groups[0]['lr'], epoch_metrics)
-            if args.bcl:  # design 1.4: new weights from this epoch's momentum losses
-                dataset.update_momentum_weight(momentum.value)
-                record['bcl_weight'] = bcl_weight_stats(dataset.momentum_weight.numpy(), dataset.labels,
-                                                        dataset.class_counts)
-            progress = None
-            line = (f'epoch {epoch}/{args.epochs} loss {record["loss"]:.4f} lr {record["lr"]:.6g} time {train_s:.1f}s'
-                    + ''.join(f' {k} {v:.4f}' for k, v in (epoch_metrics or {}).items()))
-            probe_due = bool(args.eval_freq) and epoch % args.eval_freq == 0
-            paths = checkpoints.paths_due(epoch, probe_due or stop.requested)
-            if paths:  # the state is built (and checked) only when it is saved (issue 12: epoch overhead)
-                epoch_state = parts.state(epoch)
-                checkpoints.check_finite(epoch_state, epoch, 'the end')
-                checkpoints.write(epoch_state, paths, epoch)
-                del epoch_state
-            if probe_due and not stop.requested and dist.is_main:
-                with torch.random.fork_rng(devices=[device.index] if device.type == 'cuda' else []):  # training's RNG
-                    result = full_shot_eval(model, probe_data, device, num_workers=args.num_workers,
-                                            amp=args.amp, channels_last=args.channels_last)
-                line += f' full-shot top1 {result["top1"]:.2f} top5 {result["top5"]:.2f}'
-                record['probe'] = {k: result[k] for k in ('top1', 'top5') + GROUPS}
-            log.log(line)
-            history.append(record)
-            if (dist.agree_stop(stop) if dist.enabled else stop.requested) and epoch < args.epochs:
-                if checkpoints.latest not in paths:  # the signal came after this epoch's save
-                    checkpoints.write(parts.state(epoch), [checkpoints.latest], epoch)
-                checkpoints.wait()
-                raise Preempted(stop, log, f'after epoch {epoch}: saved {checkpoints.latest}')
-    history.close()
-    dist.close()
-    return model, momentum
+    for epoch in range(start_epoch, args.epochs + 1):
+        start, seen_before = time.time(), progress.seen if progress else 0
+        if progress is None:
+            epoch_metrics = before_epoch(model, epoch, args) if before_epoch is not None else None
+        start_epoch_loader(loader, args.seed, epoch, progress.step if progress else 0)
+        try:
+            progress = train_epoch(trained, loader, optimizer, step_fn, parts.momentum, epoch, args, lr_at, autocast,
+                                   device, memory_format, steps_per_epoch, progress, stop, dist)
+        except Diverged as error:
+            raise checkpoints.diverged(str(error)) from None
+        except RuntimeError as error:
+            if 'DataLoader worker' in str(error):
+                raise loader_worker_died(error, args, checkpoints) from None
+            raise
+        if progress.stopped:
+            stopped_state = parts.mid_epoch(epoch, progress, epoch_metrics)
+            checkpoints.check_finite(stopped_state, epoch, f'step {progress.step}')
+            checkpoints.write(stopped_state, [checkpoints.latest], epoch - 1)
+            checkpoints.wait()
+            raise Preempted(stop, log, f'at epoch {epoch}, step {progress.step}/{steps_per_epoch}: saved '
+                                       f'{checkpoints.latest}')
+        train_s = time.time() - start
+        record = epoch_record(epoch, progress, seen_before, train_s, optimizer.param_groups[0]['lr'], epoch_metrics)
+        if args.bcl:  # design 1.4: new weights from this epoch's momentum losses
+            dataset.update_momentum_weight(parts.momentum.value)
+            record['bcl_weight'] = bcl_weight_stats(dataset.momentum_weight.numpy(), dataset.labels,
+                                                    dataset.class_counts)
+        progress = None
+        probe_due = bool(args.eval_freq) and epoch % args.eval_freq == 0
+        paths = checkpoints.paths_due(epoch, probe_due or stop.requested)
+        if paths:  # the state is built (and checked) only when it is saved (issue 12: epoch overhead)
+            epoch_state = parts.state(epoch)
+            checkpoints.check_finite(epoch_state, epoch, 'the end')
+            checkpoints.write(epoch_state, paths, epoch)
+            del epoch_state
+        log.log(f'epoch {epoch}/{args.epochs} loss {record["loss"]:.4f} lr {record["lr"]:.6g} time {train_s:.1f}s'
+                + ''.join(f' {k} {v:.4f}' for k, v in (epoch_metrics or {}).items()))
+        history.append(record)  # before the probe: a kill during it loses nothing else (issue 20)
+        probe_cut = False
+        if probe_due and not stop.requested and dist.is_main:
+            probe_cut = not in_training_probe(parts, probe_data, epoch, stop, history, log)
+        if (dist.agree_stop(stop) if dist.enabled else stop.requested) and (epoch < args.epochs or probe_cut):
+            if checkpoints.latest not in paths:  # the signal came after this epoch's save
+                checkpoints.write(parts.state(epoch), [checkpoints.latest], epoch)
+            checkpoints.wait()
+            raise Preempted(stop, log, f'after epoch {epoch}: saved {checkpoints.latest}')
 
 
 def main(argv=None, sdclr=False, step_fn=simclr_step, before_epoch=None):

@@ -16,6 +16,11 @@ class InputError(Exception):
     what to do. Scripts print it and exit non-zero; tracebacks are kept for bugs."""
 
 
+class WriteFailed(InputError):
+    """A file of the run could not be written (disk full, read-only, permissions): train.run adds
+    which checkpoint is intact and how to go on (checkpoint.Checkpoints.resume_advice)."""
+
+
 def fail(message, code=1):
     """Exit with a one-line error (for bad input; tracebacks are for bugs)."""
     print(f'error: {message}', file=sys.stderr)
@@ -133,8 +138,11 @@ class Logger:
         if not self.enabled:
             return
         print(message, flush=True)
-        with open(self.path, 'a') as f:
-            f.write(message + '\n')
+        try:
+            with open(self.path, 'a') as f:
+                f.write(message + '\n')
+        except OSError as error:
+            raise WriteFailed(f'could not write {self.path} ({error.strerror or error})') from None
 
 
 def cosine_annealing(step, total_steps, lr_max, lr_min, warmup_steps=0):

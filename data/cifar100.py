@@ -43,10 +43,15 @@ def read_batch(path):
     return images, labels
 
 
+def batch_path(data_folder, train):
+    """The absolute path of the train or test batch in torchvision's layout."""
+    return os.path.abspath(os.path.join(data_folder, 'cifar-100-python', 'train' if train else 'test'))
+
+
 def load_cifar100(data_folder, train, download=True):
     """(images uint8 [N, 32, 32, 3], labels int64 [N]) of the train or test set."""
     folder = os.path.join(data_folder, 'cifar-100-python')
-    path = os.path.abspath(os.path.join(folder, 'train' if train else 'test'))
+    path = batch_path(data_folder, train)
     if not os.path.isfile(path):
         remedy = ("pass --data_folder DATA, the folder holding torchvision's cifar-100-python/{train,test,meta} "
                   '(or run once with internet to download it there)')

@@ -57,6 +57,18 @@ def _few(keys, n=3):
     return ', '.join(keys[:n]) + (f' (+{len(keys) - n} more)' if len(keys) > n else '')
 
 
+def state_dict_mismatch(model, state):
+    """How `state` (a dict of tensors) differs from `model`'s state dict in keys or shapes, in words;
+    None when it loads strictly."""
+    expected = model.state_dict()
+    missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
+    if missing or unexpected:
+        return f'missing keys: {_few(missing) or "none"}; unexpected keys: {_few(unexpected) or "none"}'
+    shapes = [f'{k} {tuple(state[k].shape)} (model: {tuple(v.shape)})' for k, v in expected.items()
+              if state[k].shape != v.shape]
+    return f'other shapes: {_few(shapes)}' if shapes else None
+
+
 # what to tell a user whose checkpoint is of the other family (test.py's flags; train.py passes its own)
 PRUNE_FLAG_ADVICE = ('an SDCLR model (SDCLR/BCL-D): pass --prune', 'a SimCLR model (SimCLR/BCL-I): remove --prune')
 
@@ -86,18 +98,12 @@ def load_pretrained(model, checkpoint, wrong_family_advice=PRUNE_FLAG_ADVICE):
         raise InputError(f'{label} holds {wrong_family_advice[0]}')
     if model_is_sdclr and any(k.startswith('projector.') for k in state):
         raise InputError(f'{label} holds {wrong_family_advice[1]}')
-    missing, unexpected = expected - state.keys(), state.keys() - expected
-    if missing or unexpected:
-        raise InputError(f'{label} does not match the model: '
-                         f'missing keys: {_few(missing) or "none"}; '
-                         f'unexpected keys: {_few(unexpected) or "none"}')
+    mismatch = state_dict_mismatch(model, state)
+    if mismatch:
+        raise InputError(f'{label} does not match the model: {mismatch}')
     bad = checkpoint_files.non_finite(state)
     if bad:
         raise InputError(f'{label} holds NaN or inf in {len(bad)} tensor(s) ({checkpoint_files.describe(bad)}): '
                          'its training diverged; evaluate an earlier checkpoint')
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:  # same keys, different shapes
-        details = ' '.join(str(e).split())
-        raise InputError(f'{label} does not match the model: {details[:300]}') from None
+    model.load_state_dict(state, strict=True)
     return model

@@ -66,8 +66,11 @@ def protocol_files(train_split):
 
 
 def sha256(path):
+    digest = hashlib.sha256()
     with open(path, 'rb') as f:
-        return hashlib.sha256(f.read()).hexdigest()
+        for block in iter(lambda: f.read(1 << 22), b''):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _download(url, path):

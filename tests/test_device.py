@@ -166,7 +166,7 @@ def test_published_command_with_in_training_probe_on_device(device, synthetic_ci
                       '--trainSplit', tiny_split(synthetic_splits, 32),
                       '--num_workers', '0', '--eval_freq', '1', '--save_dir', str(tmp_path), '--gpus', gpus_flag(device)])
     log = (tmp_path / 'BCL_D' / 'log.txt').read_text()
-    (line,) = [line for line in log.splitlines() if line.startswith('epoch 1/1')]
+    (line,) = [line for line in log.splitlines() if line.startswith('probe after epoch 1/1: ')]
     top1 = float(line.split('full-shot top1 ')[1].split()[0])
     assert 1 < top1 <= 100  # the synthetic classes are easy: a probe does better than chance (1%)
     state = torch.load(tmp_path / 'BCL_D' / 'model.pt', weights_only=True)

@@ -274,7 +274,8 @@ def test_save_fsyncs_the_file_before_the_rename_and_then_the_folder(tmp_path, mo
     monkeypatch.setattr(os, 'replace', lambda a, b: (events.append(('replace', str(b))), replace(a, b)))
     path = tmp_path / 'model.pt'
     checkpoint.save({'w': torch.arange(3.0)}, str(path))
-    assert events == [('fsync', str(tmp_path / 'model.pt.tmp')), ('replace', str(path)), ('fsync', str(tmp_path))]
+    temp = str(tmp_path / f'model.pt.{os.getpid()}.tmp')  # one temp file per process (issue 20)
+    assert events == [('fsync', temp), ('replace', str(path)), ('fsync', str(tmp_path))]
     assert torch.equal(load(path)['w'], torch.arange(3.0))
 
 
@@ -288,8 +289,7 @@ def test_failed_write_keeps_the_previous_checkpoint_and_no_temp_file(tmp_path, m
     monkeypatch.setattr(os, 'fsync', disk_full)
     with pytest.raises(InputError) as error:
         checkpoint.save({'epoch': 2}, str(path))
-    assert str(error.value).startswith(f'could not write checkpoint {path} (No space left on device); ')
-    assert 'previous checkpoint is intact' in str(error.value) and '\n' not in str(error.value)
+    assert str(error.value) == f'could not write checkpoint {path} (No space left on device); model.pt there is unchanged'
     assert path.read_bytes() == before and os.listdir(tmp_path) == ['model.pt']
 
 
@@ -370,12 +370,15 @@ def test_failed_background_write_is_raised_by_the_next_write_and_at_the_end(epoc
 
     def full_from_epoch_2(state, path):
         if state['epoch'] >= 2:
-            raise InputError(f'could not write checkpoint {path} (No space left on device); '
-                             'model.pt there is unchanged (the previous checkpoint is intact)')
+            raise checkpoint.WriteFailed(f'could not write checkpoint {path} (No space left on device); '
+                                         'model.pt there is unchanged')
         save(state, path)
     monkeypatch.setattr(checkpoint, 'save', full_from_epoch_2)
     message = one_line_error(train.main, ['x'] + base_args(tmp_path, epochs=epochs), capsys)
-    assert 'No space left on device' in message and 'previous checkpoint is intact' in message
+    first = tmp_path / 'x' / 'model_1.pt'
+    assert 'No space left on device' in message and message.endswith(
+        f'the newest checkpoint, {first} (epoch 1), is intact: free space or fix permissions, then continue with '
+        f'--resume --checkpoint {first}')
     assert load(tmp_path / 'x' / 'model_1.pt')['epoch'] == 1  # odd epoch: model_1.pt (--save_freq 1) only
     assert sorted(p.name for p in (tmp_path / 'x').glob('model*')) == ['model_1.pt']
     assert f'epoch 2/{epochs}' in (tmp_path / 'x' / 'log.txt').read_text()

@@ -27,7 +27,7 @@ PUBLISHED = {
     'BCL-D': (train_sdclr.main,
               'BCL_D --bcl --rand_k 2 --lr 0.5 --epochs 2000 --temperature 0.2 --weight_decay 1e-4'),
 }
-CHECKPOINT_KEYS = {'epoch', 'state_dict', 'optim', 'scheduler', 'momentum_loss',
+CHECKPOINT_KEYS = {'epoch', 'state_dict', 'optim', 'scheduler', 'momentum_loss', 'inputs',
                    'momentum_weight', 'rng', 'args', 'method'}
 
 
@@ -84,7 +84,9 @@ def test_published_command_end_to_end(method, small_args, tmp_path, device):
     log = (folder / 'log.txt').read_text()
     epoch_lines = [line for line in log.splitlines() if line.startswith('epoch ')]
     assert [line.split()[1] for line in epoch_lines] == ['1/2', '2/2']
-    assert all(('full-shot top1' in line) == (device.type == 'cuda') for line in epoch_lines)
+    assert not any('full-shot' in line for line in epoch_lines)  # the probe has its own line, after the epoch's
+    probe_lines = [line for line in log.splitlines() if line.startswith('probe after epoch ')]
+    assert [line.split()[3] for line in probe_lines] == (['1/2:', '2/2:'] if device.type == 'cuda' else [])
     assert '32 images' in log and f"'weight_decay': {checkpoint['args']['weight_decay']}" in log
     if method in ('SDCLR', 'BCL-D'):  # design 3: mask recomputed each epoch at 90% sparsity
         assert all('sparsity 0.9000' in line for line in epoch_lines)
