@@ -143,7 +143,8 @@ def save(fig, path):
     try:
         fig.savefig(path, dpi=DPI, format='png')
     except OSError as error:
-        raise InputError(f'cannot write {path} ({error.strerror or error}): free space or fix the permissions') from None
+        raise InputError(f'cannot write {path} ({error.strerror or error}): free space or fix the '
+                         'permissions') from None
     finally:
         plt.close(fig)
     print(f'wrote {path}')

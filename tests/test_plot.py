@@ -192,8 +192,8 @@ def test_bad_metrics_lines_are_skipped_and_counted_once(tmp_path, capsys):
 
 
 def test_duplicated_epochs_plot_the_last_record_with_a_warning(tmp_path, capsys):
-    path = write_metrics(tmp_path / 'run', [{'epoch': e, 'loss': loss, 'lr': 0.1}
-                                            for e, loss in ((1, 5.0), (2, 4.0), (3, 3.0), (2, 4.4), (3, 3.3), (4, 2.0))])
+    epochs = ((1, 5.0), (2, 4.0), (3, 3.0), (2, 4.4), (3, 3.3), (4, 2.0))  # 2 and 3 written twice
+    path = write_metrics(tmp_path / 'run', [{'epoch': e, 'loss': loss, 'lr': 0.1} for e, loss in epochs])
     written, _, err = run_plot([str(tmp_path / 'run')], capsys)
     assert written == [str(tmp_path / 'run' / 'loss_lr.png')]
     assert err == [f'warning: {path}: 2 duplicated epoch(s), plotted the last record of each']

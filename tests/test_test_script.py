@@ -336,19 +336,21 @@ def test_read_results_checks_per_class_and_class_counts(tmp_path, capsys):
             '50shot': None}
     (tmp_path / 'old.json').write_text(json.dumps(good))
     assert test_script.read_results(str(tmp_path / 'old.json')) == good
-    bad = {'"per_class" must be a list of 100 numbers': [{'per_class': [1.0] * 99, 'class_counts': [1] * 100},
-                                                          {'per_class': ['1'] * 100, 'class_counts': [1] * 100},
-                                                          {'class_counts': [1] * 100}],
-           '"class_counts" must be a list of 100 integers >= 0': [{'per_class': [1.0] * 100, 'class_counts': [1.5] * 100},
-                                                                   {'per_class': [1.0] * 100, 'class_counts': [-1] * 100},
-                                                                   {'per_class': [1.0] * 100}],
-           '"epoch" must be null or an integer': [{'epoch': '2'}]}
-    for problem, changes in bad.items():
-        for change in changes:
-            results = {**good, 'fullshot': {**full, **change}} if 'epoch' not in change else {**good, **change}
-            (tmp_path / 'bad.json').write_text(json.dumps(results))
-            with pytest.raises(SystemExit):
-                test_script.main(['--table', str(tmp_path / 'bad.json')])
-            err = capsys.readouterr().err.strip().splitlines()
-            assert len(err) == 1 and f'{tmp_path / "bad.json"} is not a test.py results file (' in err[0], err
-            assert problem in err[0], (change, err)
+    accuracies, counts = [1.0] * 100, [1] * 100
+    per_class = '"per_class" must be a list of 100 numbers'
+    class_counts = '"class_counts" must be a list of 100 integers >= 0'
+    bad = [({'per_class': accuracies[:99], 'class_counts': counts}, per_class),
+           ({'per_class': ['1'] * 100, 'class_counts': counts}, per_class),
+           ({'class_counts': counts}, per_class),
+           ({'per_class': accuracies, 'class_counts': [1.5] * 100}, class_counts),
+           ({'per_class': accuracies, 'class_counts': [-1] * 100}, class_counts),
+           ({'per_class': accuracies}, class_counts),
+           ({'epoch': '2'}, '"epoch" must be null or an integer')]
+    for change, problem in bad:
+        results = {**good, 'fullshot': {**full, **change}} if 'epoch' not in change else {**good, **change}
+        (tmp_path / 'bad.json').write_text(json.dumps(results))
+        with pytest.raises(SystemExit):
+            test_script.main(['--table', str(tmp_path / 'bad.json')])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f'{tmp_path / "bad.json"} is not a test.py results file (' in err[0], err
+        assert problem in err[0], (change, err)
