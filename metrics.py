@@ -12,6 +12,7 @@ probe's result afterwards.
 import contextlib
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -43,18 +44,36 @@ def bcl_weight_stats(weights, labels, class_counts):
     return stats
 
 
+def _record(line):
+    """The record a metrics.jsonl line holds: a JSON object with an integer `epoch`; else None."""
+    try:
+        record = json.loads(line.decode('utf-8'))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get('epoch'), int) or isinstance(record['epoch'], bool):
+        return None
+    return record
+
+
 def read_metrics(path):
-    """The records of a metrics.jsonl. A last line cut short (a kill during its write) is dropped;
-    any other unreadable line is an InputError."""
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
-    records = []
+    """The records of a metrics.jsonl, in file order. A line that is not a JSON object with an
+    integer `epoch` (binary bytes, a hand edit, a truncated copy) is skipped, and the skipped
+    lines are counted in one warning on stderr: the rest of the history still plots and resumes.
+    A last line cut short (no final newline: a kill during its write) is dropped without a word."""
+    with open(path, 'rb') as f:
+        lines = f.read().split(b'\n')  # after a final newline, the last element is b''
+    records, skipped = [], []
     for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            if number < len(lines):
-                raise InputError(f'{path}: line {number} is not JSON; delete that line (or the file)') from None
+        if not line.strip():
+            continue
+        record = _record(line)
+        if record is not None:
+            records.append(record)
+        elif number < len(lines):
+            skipped.append(number)
+    if skipped:
+        print(f'warning: {path}: skipped {len(skipped)} unreadable line(s) (first: line {skipped[0]})',
+              file=sys.stderr)
     return records
 
 

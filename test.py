@@ -9,7 +9,8 @@ train list and the shot subsets of the split's family) and of the 10,000 test im
 extracted once; the full-shot probe and the five 100-shot and five 50-shot probes (each shot
 count trained together, eval_cifar.train_probes) reuse them. Prints a table and a markdown
 row in design 7's layout next to the published numbers, and writes every number as JSON to
---output (default: <checkpoint without extension>_results.json beside the checkpoint).
+--output (default: <checkpoint without extension>_results.json beside the checkpoint; never the
+checkpoint itself or a .pt), atomically, with the checkpoint's epoch and mid-epoch progress.
 
 Opt-in speed flags (issue 6) act on the feature pass only: `--amp bf16` (bfloat16 autocast;
 features, probe weights and logits stay float32), `--channels_last`, `--compile`. Without them
@@ -91,6 +92,21 @@ def read_checkpoint(path):
     return checkpoint_files.load(path)
 
 
+def _int_or_none(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def training_progress(checkpoint):
+    """{'epoch': the last finished pre-training epoch, 'progress': for a checkpoint written mid-epoch
+    (a preempted run), the steps done of the next epoch}; null where the checkpoint does not say
+    (published checkpoints, bare state dicts)."""
+    if not isinstance(checkpoint, dict):
+        return {'epoch': None, 'progress': None}
+    partial = checkpoint.get('progress')
+    return {'epoch': _int_or_none(checkpoint.get('epoch')),
+            'progress': _int_or_none(partial.get('step')) if isinstance(partial, dict) else None}
+
+
 def mean_std(values):
     """(mean, population std) of a list; std over the 5 subsets (or the runs) uses numpy's default."""
     return float(np.mean(values)), float(np.std(values))
@@ -108,6 +124,7 @@ def evaluate(args, output):
     method = checkpoint.get('method', 'unknown') if isinstance(checkpoint, dict) else 'unknown'
     train_split = args.trainSplit or saved_args.get('trainSplit') or DEFAULT_SPLIT
     network = args.model or saved_args.get('model') or 'resnet18'
+    trained = training_progress(checkpoint)
 
     device = get_device(args.gpus)
     set_cudnn(device, args.cudnn_benchmark, args.tf32)
@@ -142,7 +159,7 @@ def evaluate(args, output):
                                                   desc='features (test)', **speed)
 
     results = {'method': method, 'model': 'SDCLR' if args.prune else 'SimCLR', 'network': network,
-               'checkpoint': os.path.abspath(args.checkpoint), 'split': train_split, 'seed': args.seed,
+               'checkpoint': os.path.abspath(args.checkpoint), **trained, 'split': train_split, 'seed': args.seed,
                'probe_epochs': args.probe_epochs, 'amp': args.amp, 'fullshot': None, '100shot': None,
                '50shot': None}
     results.update(run_probes(train_features, train_labels, test_features, test_labels, pool, index_sets,
@@ -184,6 +201,19 @@ def default_output(checkpoint):
     return f'{os.path.splitext(checkpoint)[0]}_results.json'
 
 
+def check_output(output, checkpoint):
+    """Refuse, before any work, a results path that would replace a checkpoint: the checkpoint
+    itself (by any name: a link, ../) or any .pt file."""
+    same = os.path.realpath(output) == os.path.realpath(checkpoint)
+    if not same and os.path.exists(output) and os.path.exists(checkpoint):
+        same = os.path.samefile(output, checkpoint)  # a hard link
+    if same:
+        raise InputError(f'--output {output} is the checkpoint {checkpoint}: writing the results there would '
+                         f'destroy it; pass another path (default: {default_output(checkpoint)})')
+    if output.lower().endswith('.pt'):
+        raise InputError(f'--output {output} ends in .pt, the name of a checkpoint: pass a .json path for the results')
+
+
 def check_writable(path):
     """Fail before the slow part if the results file cannot be written."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -196,14 +226,22 @@ def check_writable(path):
 
 
 def write_json(obj, path):
-    """Temp file beside `path`, then rename: a crash never leaves half a results file."""
-    tmp = f'{path}.tmp'
+    """A temp file beside `path` (named for this process, so two runs never share one), fsynced,
+    then renamed over it: a crash or a Ctrl-C leaves the old file or the new one, never half, and
+    never a stray temp file."""
+    tmp = f'{path}.{os.getpid()}.tmp'
     try:
         with open(tmp, 'w') as f:
             json.dump(obj, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
-        raise InputError(f'cannot write results to {path} ({e}): pass a writable --output') from None
+    except BaseException as error:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(error, OSError):
+            raise InputError(f'cannot write results to {path} ({error}): pass a writable --output') from None
+        raise
 
 
 def cell(values):
@@ -245,11 +283,19 @@ def result_cells(results_list):
     return cells + [cell([f[k] for f in full]) for k in ('many', 'medium', 'few', 'std')]
 
 
+def trained_note(results):
+    """' (pre-trained N epochs[ and S steps])', or '' when the checkpoint did not record it."""
+    epoch, step = results.get('epoch'), results.get('progress')
+    if epoch is None:
+        return ''
+    return f' (pre-trained {epoch} epochs' + (f' and {step} steps of epoch {epoch + 1})' if step is not None else ')')
+
+
 def print_results(results):
     full, label = results['fullshot'], results['method']
     if label == 'unknown':
         label = f'unknown ({results["model"]} family)'
-    print(f'\ncheckpoint {results["checkpoint"]}\nmethod {label}, split {results["split"]}, '
+    print(f'\ncheckpoint {results["checkpoint"]}{trained_note(results)}\nmethod {label}, split {results["split"]}, '
           f'seed {results["seed"]}, probe epochs {results["probe_epochs"]}')
     if full:
         print(f'full-shot  top-1 {full["top1"]:6.2f}  top-5 {full["top5"]:6.2f}\n'
@@ -268,6 +314,20 @@ def _is_number(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _per_class_problem(full):
+    """What is wrong with a full-shot result's per_class / class_counts (plot.py draws them): both
+    absent (older results), or one accuracy and one image count per class."""
+    if 'per_class' not in full and 'class_counts' not in full:
+        return None
+    per_class, counts = full.get('per_class'), full.get('class_counts')
+    if not (isinstance(per_class, list) and len(per_class) == NUM_CLASSES and all(map(_is_number, per_class))):
+        return f'"fullshot" "per_class" must be a list of {NUM_CLASSES} numbers'
+    if not (isinstance(counts, list) and len(counts) == NUM_CLASSES
+            and all(_int_or_none(c) is not None and c >= 0 for c in counts)):
+        return f'"fullshot" "class_counts" must be a list of {NUM_CLASSES} integers >= 0'
+    return None
+
+
 def _results_problem(results):
     """What is wrong with a parsed results file (None if nothing): every field print_table reads."""
     if not isinstance(results, dict):
@@ -275,10 +335,16 @@ def _results_problem(results):
     for key, kind in (('method', str), ('model', str), ('probe_epochs', int)):
         if not isinstance(results.get(key), kind) or isinstance(results.get(key), bool):
             return f'"{key}" must be a {kind.__name__}, got {results.get(key)!r}'
+    for key in ('epoch', 'progress'):  # absent from results of older versions
+        if results.get(key) is not None and _int_or_none(results[key]) is None:
+            return f'"{key}" must be null or an integer, got {results[key]!r}'
     full = results.get('fullshot', 'missing')
     if full is not None:
         if not isinstance(full, dict) or not all(_is_number(full.get(k)) for k in FULLSHOT_KEYS):
             return f'"fullshot" must be null or hold numbers {", ".join(FULLSHOT_KEYS)}'
+        problem = _per_class_problem(full)
+        if problem:
+            return problem
     for group in ('100shot', '50shot'):
         shots = results.get(group, 'missing')
         if shots is None:
@@ -328,13 +394,16 @@ def main(argv=None):
             print_table(args.table)
             return None
         output = args.output or default_output(args.checkpoint)
+        check_output(output, args.checkpoint)
         results = evaluate(args, output)
         print_results(results)
-        write_json(results, output)
-        print(f'\nresults written to {output}')
-        return results
+        write_json(results, output)  # the only write, and atomic: an interrupt before its rename writes nothing
     except InputError as e:
         fail(str(e))
+    except KeyboardInterrupt:
+        fail('interrupted: no results were written', code=130)
+    print(f'\nresults written to {output}')
+    return results
 
 
 if __name__ == '__main__':

@@ -96,6 +96,7 @@ from data.cifar100 import EvalCIFAR100, TwoViewCIFAR100, load_cifar100  # noqa: 
 from data.device_views import DeviceViews  # noqa: E402
 from data.memoboosted_cifar100 import MemoBoostedCIFAR100  # noqa: E402
 from data.sampler import EpochBatchSampler  # noqa: E402
+from data.safe_pickle import mark_not_official  # noqa: E402
 from data.synthetic import write_synthetic_cifar100  # noqa: E402
 from eval_cifar import PROBE_EPOCHS, extract_features, linear_probe  # noqa: E402
 from models import build_model  # noqa: E402
@@ -192,6 +193,8 @@ def prepare_data(args):
               f'to {folder}', flush=True)
         write_synthetic_cifar100(folder + '.tmp', *per_class)
         os.replace(folder + '.tmp', folder)
+    elif not args.data_folder:  # a cache written before synthetic folders were marked (issue 20.11)
+        mark_not_official(os.path.join(folder, 'cifar-100-python'), 'synthetic CIFAR-100 of benchmarks/bench.py')
     _, labels = load_cifar100(folder, train=True)
     split_root = os.path.join(CACHE, 'split')
     family = 'bench_' + hashlib.sha1(labels.tobytes() + repr(split_args).encode()).hexdigest()[:10]

@@ -1,39 +1,44 @@
 """CIFAR-100 from `--data_folder` in torchvision's on-disk layout, and its datasets (design 1.2).
 
-The pickles are read directly: torchvision's CIFAR100 md5-checks the files and would
-reject the synthetic folder tests use; torchvision is used only to download.
+The pickles are read by data.safe_pickle: a restricted unpickler (nothing but a CIFAR batch's types
+can be built, so a crafted file cannot run code) and torchvision's md5s for the official file names,
+skipped in a folder marked NOT_OFFICIAL (the synthetic folder tests use); torchvision is used only
+to download.
 """
 import functools
 import os
-import pickle
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+import torchvision
 from torchvision.transforms import functional as F
 
 from data.augmentations import augment_view, eval_transform
+from data.safe_pickle import load_cifar_pickle, official_md5s
 from data.view_params import draw_views
 from utils import InputError, keyed_seed
 
 NUM_CLASSES = 100
+OFFICIAL_MD5 = official_md5s(torchvision.datasets.CIFAR100)  # {'train', 'test', 'meta': md5}
 AUGMENT_STREAM = 2  # keyed_seed(seed, epoch, AUGMENT_STREAM) keys the views (the sample order uses (seed, epoch))
 
 
 @functools.lru_cache(maxsize=4)
 def read_batch(path):
     """(images uint8 [N, 32, 32, 3], labels int64 [N]) of one pickled CIFAR-100 file, cached
-    so that several datasets over the same file read it once. Read-only: callers copy."""
+    so that several datasets over the same file read it (and check its md5) once. Read-only: callers copy."""
     try:
-        with open(path, 'rb') as f:
-            entry = pickle.load(f, encoding='latin1')
+        entry = load_cifar_pickle(path, OFFICIAL_MD5, 'CIFAR-100')
         # 'data' holds each image as 3072 bytes: the R, G, B planes in row-major order.
         images = np.asarray(entry['data'], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         labels = np.asarray(entry['fine_labels'], dtype=np.int64)
         if len(images) != len(labels) or len(labels) == 0:
             raise ValueError(f'{len(images)} images and {len(labels)} labels')
+    except InputError:  # not the official file, or a forbidden global: its own message
+        raise
     except Exception as e:  # empty, truncated or not a CIFAR-100 pickle
         reason = (str(e).splitlines() or [''])[0][:120]
         raise InputError(f'{path} is not a readable CIFAR-100 batch ({type(e).__name__}: {reason}): delete '
@@ -58,7 +63,6 @@ def load_cifar100(data_folder, train, download=True):
         if not download:
             raise InputError(f'CIFAR-100 not found in {os.path.abspath(folder)}: {remedy}')
         try:
-            import torchvision
             torchvision.datasets.CIFAR100(data_folder, train=train, download=True)
         except Exception as e:
             raise InputError(f'CIFAR-100 not found in {os.path.abspath(folder)} and the download failed '

@@ -13,6 +13,8 @@ import pickle
 
 import numpy as np
 
+from data.safe_pickle import NOT_OFFICIAL, mark_not_official
+
 NUM_CLASSES = 100
 
 
@@ -43,7 +45,8 @@ def _write_batch(path, images, labels, name):
 
 
 def write_synthetic_cifar100(root, train_per_class=20, test_per_class=10, seed=0):
-    """Write `root/cifar-100-python/{train,test,meta}`; return the folder `root`.
+    """Write `root/cifar-100-python/{train,test,meta}` and its NOT_OFFICIAL marker (the files have
+    the official names, not the official md5s); return the folder `root`.
 
     Samples are interleaved by class (like the real files) so index order carries no
     class information.
@@ -61,6 +64,8 @@ def write_synthetic_cifar100(root, train_per_class=20, test_per_class=10, seed=0
             'coarse_label_names': [f'superclass_{c:02d}' for c in range(NUM_CLASSES // 5)]}
     with open(os.path.join(folder, 'meta'), 'wb') as f:
         pickle.dump(meta, f)
+    mark_not_official(folder, f'{NOT_OFFICIAL}: synthetic CIFAR-100 written by data/synthetic.py, not the official '
+                              'files; they load without the md5 check (data/safe_pickle.py)')
     return root
 
 

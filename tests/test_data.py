@@ -1,7 +1,12 @@
 """CIFAR-100 loading, the two-view and evaluation datasets (design 1.2) and the
 memory-boosted dataset (design 1.4), on the synthetic folder with the real loader."""
+import collections
+import io
 import os
 import pickle
+import re
+import shutil
+import struct
 
 import numpy as np
 import pytest
@@ -11,9 +16,10 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.functional import to_tensor
 
 from data.augmentations import augment_view
-from data.cifar100 import EvalCIFAR100, TwoViewCIFAR100, load_cifar100
+from data.cifar100 import OFFICIAL_MD5, EvalCIFAR100, TwoViewCIFAR100, load_cifar100, read_batch
 from data.keyed_random import keyed_uniforms
 from data.memoboosted_cifar100 import MemoBoostedCIFAR100, momentum_weight
+from data.safe_pickle import NOT_OFFICIAL, file_md5, load_cifar_pickle
 from data.view_params import SHARED_VIEW, rand_strength_magnitude
 from utils import InputError
 
@@ -177,3 +183,102 @@ def test_weight_update_reaches_persistent_workers(synthetic_cifar):
         weights, pids = epoch()
         assert pids == first_pids  # the same, persistent workers
         assert np.allclose(weights, momentum_weight(loss))
+
+
+# ----------------------------------------------------------------------------- data pickles (issue 20.11)
+
+class RunsCode:
+    """Unpickling it calls `call(*args)`: what a crafted data file would do."""
+
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+def crafted_folder(root, synthetic_cifar, data, marked):
+    """A copy of the synthetic folder whose `train` holds `data` as its 'data' entry; with or without
+    the NOT_OFFICIAL marker."""
+    folder = root / 'cifar-100-python'
+    shutil.copytree(os.path.join(synthetic_cifar, 'cifar-100-python'), folder)
+    if not marked:
+        os.remove(folder / NOT_OFFICIAL)
+    with open(folder / 'train', 'wb') as f:
+        pickle.dump({'data': data, 'fine_labels': [0]}, f)
+    read_batch.cache_clear()
+    return folder
+
+
+@pytest.mark.parametrize('marked', [True, False])
+@pytest.mark.parametrize('payload', ['os.system', 'open'])
+def test_crafted_pickle_never_runs_code(synthetic_cifar, tmp_path, payload, marked):
+    """Marked NOT_OFFICIAL, the restricted unpickler refuses the global; unmarked, the md5 check
+    refuses the file before unpickling. Either way the marker file never appears."""
+    marker = tmp_path / 'MARKER'
+    data = RunsCode(os.system, f'touch {marker}') if payload == 'os.system' else RunsCode(open, str(marker), 'w')
+    folder = crafted_folder(tmp_path / 'data', synthetic_cifar, data, marked)
+    with pytest.raises(InputError) as error:
+        load_cifar100(str(tmp_path / 'data'), train=True, download=False)
+    message = str(error.value)
+    assert '\n' not in message and not marker.exists()
+    if marked:
+        name = 'posix.system' if payload == 'os.system' else 'io.open'
+        assert message.startswith(f'{folder / "train"} is not a CIFAR-100 batch: it names the Python global {name}, '
+                                  f'which a CIFAR file never holds; refused without calling it')
+    else:
+        assert message.startswith(f'{folder / "train"} is not the official CIFAR-100 file (md5 ')
+        assert f'create the empty file {folder / NOT_OFFICIAL} to load it without this check' in message
+
+
+def test_harmless_but_foreign_global_is_refused(synthetic_cifar, tmp_path):
+    folder = crafted_folder(tmp_path / 'data', synthetic_cifar, collections.OrderedDict(a=1), marked=True)
+    with pytest.raises(InputError, match=re.escape(f'{folder / "train"} is not a CIFAR-100 batch: it names the '
+                                                   'Python global collections.OrderedDict')):
+        load_cifar100(str(tmp_path / 'data'), train=True)
+
+
+def test_official_file_names_need_the_official_md5(synthetic_cifar, tmp_path):
+    import torchvision
+    assert OFFICIAL_MD5 == {'train': torchvision.datasets.CIFAR100.train_list[0][1],
+                            'test': torchvision.datasets.CIFAR100.test_list[0][1],
+                            'meta': torchvision.datasets.CIFAR100.meta['md5']}
+    folder = tmp_path / 'cifar-100-python'
+    shutil.copytree(os.path.join(synthetic_cifar, 'cifar-100-python'), folder)
+    os.remove(folder / NOT_OFFICIAL)
+    for train in (True, False):
+        read_batch.cache_clear()
+        with pytest.raises(InputError, match='is not the official CIFAR-100 file'):
+            load_cifar100(str(tmp_path), train=train)
+    # a file with the table's md5 loads unmarked; other names are never checked
+    path = str(folder / 'train')
+    entry = load_cifar_pickle(path, {'train': file_md5(path)}, 'CIFAR-100')
+    assert np.array_equal(entry['fine_labels'], raw_batch(synthetic_cifar, 'train')[1])
+    os.rename(folder / 'train', folder / 'my_train')
+    assert load_cifar_pickle(str(folder / 'my_train'), OFFICIAL_MD5, 'CIFAR-100')['fine_labels'] == entry['fine_labels']
+
+
+class Python2Pickler(pickle._Pickler):
+    """Protocol 2 as Python 2 wrote the official files: bytes as Python 2 str (BINSTRING), NumPy as
+    numpy.core.multiarray."""
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj):
+        self.write(pickle.BINSTRING + struct.pack('<i', len(obj)) + obj)
+        self.memoize(obj)
+    dispatch[bytes] = save_py2_str
+
+    def save_global(self, obj, name=None):
+        module = getattr(obj, '__module__', '').replace('numpy._core', 'numpy.core')
+        self.write(pickle.GLOBAL + f'{module}\n{name or obj.__name__}\n'.encode())
+        self.memoize(obj)
+
+
+def test_python2_pickle_as_the_official_files_loads(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (3, 3072), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Python2Pickler(buffer, protocol=2).dump({'data': images, 'fine_labels': [5, 0, 99], 'batch_label': b'x'})
+    assert b'numpy.core.multiarray\n_reconstruct' in buffer.getvalue() and b'_codecs' not in buffer.getvalue()
+    (tmp_path / 'train').write_bytes(buffer.getvalue())
+    entry = load_cifar_pickle(str(tmp_path / 'train'), {}, 'CIFAR-100')
+    assert np.array_equal(entry['data'], images) and entry['fine_labels'] == [5, 0, 99] and entry['batch_label'] == 'x'

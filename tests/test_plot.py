@@ -2,6 +2,7 @@
 statistics against an independent computation, every plot's PNG and the arrays it draws."""
 import importlib.util
 import json
+import os
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import plot
 import train
 from data.cifar100 import load_cifar100
 from eval_cifar import class_groups
-from metrics import QUANTILES, read_metrics
+from metrics import QUANTILES, MetricsLog, read_metrics
 from test_train import tiny_split
 
 
@@ -149,3 +150,114 @@ def test_tensorboard_flag(bcl_run, synthetic_cifar, tmp_path, capsys):
         assert {'loss', 'lr', 'time_s', 'images_per_s'} <= set(events.Tags()['scalars'])
         (loss,) = events.Scalars('loss')
         assert loss.step == 1 and loss.value == pytest.approx(record['loss'], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- issue 20.10: robustness
+
+def run_plot(argv, capsys):
+    """plot.main's return value (or its SystemExit), stdout lines and stderr lines."""
+    try:
+        result = plot.main(argv)
+    except SystemExit as exit_info:
+        result = exit_info
+    out, err = capsys.readouterr()
+    return result, out.splitlines(), err.splitlines()
+
+
+def write_metrics(folder, lines):
+    folder.mkdir(exist_ok=True)
+    path = folder / 'metrics.jsonl'
+    path.write_bytes(b''.join(line if isinstance(line, bytes) else (json.dumps(line) + '\n').encode()
+                              for line in lines))
+    return path
+
+
+def test_bad_metrics_lines_are_skipped_and_counted_once(tmp_path, capsys):
+    """A non-object line, lines without an integer epoch, binary bytes and non-JSON: skipped, one
+    warning; the cut-short last line silently. plot.py plots the rest, and a resume keeps it."""
+    path = write_metrics(tmp_path / 'run', [
+        {'epoch': 1, 'loss': 5.0, 'lr': 0.1}, [1, 2], {'loss': 4.0}, b'\xff\xfe\x00\x81 binary\n', b'not json\n',
+        {'epoch': '2'}, {'epoch': True}, b'\n', {'epoch': 2, 'loss': 4.5, 'lr': 0.05}, b'{"epoch": 3, "lo'])
+    assert [r['epoch'] for r in read_metrics(path)] == [1, 2]
+    assert capsys.readouterr().err.splitlines() == [f'warning: {path}: skipped 6 unreadable line(s) (first: line 2)']
+
+    written, out, err = run_plot([str(tmp_path / 'run')], capsys)
+    assert written == [str(tmp_path / 'run' / 'loss_lr.png')] and out == [f'wrote {written[0]}']
+    assert err == [f'warning: {path}: skipped 6 unreadable line(s) (first: line 2)']
+    assert png_size(tmp_path / 'run' / 'loss_lr.png') == (800, 500)
+
+    MetricsLog(str(tmp_path / 'run'), first_epoch=2).close()  # what train.py --resume from epoch 1 does
+    assert read_metrics(path) == [{'epoch': 1, 'loss': 5.0, 'lr': 0.1}]
+    assert capsys.readouterr().err.count('warning:') == 1  # the resume's read; the rewritten file is clean
+
+
+def test_duplicated_epochs_plot_the_last_record_with_a_warning(tmp_path, capsys):
+    epochs = ((1, 5.0), (2, 4.0), (3, 3.0), (2, 4.4), (3, 3.3), (4, 2.0))  # 2 and 3 written twice
+    path = write_metrics(tmp_path / 'run', [{'epoch': e, 'loss': loss, 'lr': 0.1} for e, loss in epochs])
+    written, _, err = run_plot([str(tmp_path / 'run')], capsys)
+    assert written == [str(tmp_path / 'run' / 'loss_lr.png')]
+    assert err == [f'warning: {path}: 2 duplicated epoch(s), plotted the last record of each']
+    records = plot.latest_per_epoch(read_metrics(path), path)
+    loss_axis = plot.plot_loss_lr(records, 'run').axes[0]
+    assert list(loss_axis.lines[0].get_xdata()) == [1, 2, 3, 4]
+    assert list(loss_axis.lines[0].get_ydata()) == [5.0, 4.4, 3.3, 2.0]
+
+
+def test_missing_fields_plot_what_is_there(tmp_path, capsys):
+    """No lr at all, a probe without 'many', a BCL group without q10: those points or series are left
+    out, every other one is drawn."""
+    probe = {'top1': 40.0, 'top5': 70.0, 'many': 50.0, 'medium': 40.0, 'few': 30.0}
+    stats = {'mean': 0.5, 'q10': 0.1, 'q25': 0.3, 'q50': 0.5, 'q75': 0.7, 'q90': 0.9}
+    without_q10 = {k: v for k, v in stats.items() if k != 'q10'}
+    lines = [{'epoch': 1, 'loss': 5.0, 'probe': {k: v for k, v in probe.items() if k != 'many'},
+              'bcl_weight': {'many': without_q10, 'medium': None, 'few': stats}},
+             {'epoch': 2, 'loss': 4.0, 'probe': probe, 'bcl_weight': {'many': stats, 'medium': None}}]
+    folder = tmp_path / 'run'
+    write_metrics(folder, lines)
+    written, _, err = run_plot([str(folder)], capsys)
+    assert sorted(written) == sorted(str(folder / n) for n in ('loss_lr.png', 'probe.png', 'bcl_weights.png'))
+    assert err == []
+
+    records = read_metrics(folder / 'metrics.jsonl')
+    fig = plot.plot_loss_lr(records, 'run')
+    assert len(fig.axes) == 1 and list(fig.axes[0].lines[0].get_ydata()) == [5.0, 4.0]  # no lr axis
+    lines = plot.plot_probe(records, 'run').axes[0].lines
+    assert [list(line.get_xdata()) for line in lines] == [[1, 2], [2], [1, 2], [1, 2]]  # top1, many, medium, few
+    axis = plot.plot_bcl_weights(records, 'run').axes[0]
+    assert [list(line.get_xdata()) for line in axis.lines] == [[1, 2], [1]]  # means of many, few
+    assert len(axis.collections) == 4  # many: 10-90% at epoch 2 only, 25-75%; few: both bands
+    assert plot.plot_loss_lr([{'epoch': 1}], 'run') is None and plot.plot_bcl_weights(records[:0], 'run') is None
+
+
+def results_file(path, per_class, counts):
+    full = {'top1': float(np.mean(per_class)), 'top5': 90.0, 'many': 50.0, 'medium': 40.0, 'few': 30.0, 'std': 8.2,
+            'per_class': per_class, 'class_counts': counts}
+    path.write_text(json.dumps({'method': 'SimCLR', 'model': 'SimCLR', 'probe_epochs': 500, 'fullshot': full,
+                                '100shot': None, '50shot': None}))
+    return str(path)
+
+
+def test_malformed_per_class_results_are_one_line_errors(tmp_path, capsys):
+    for name, per_class, counts in (('short', [50.0] * 99, [10] * 100), ('text', [50.0] * 100, ['10'] * 100)):
+        path = results_file(tmp_path / f'{name}.json', per_class, counts)
+        result, out, err = run_plot([path], capsys)
+        assert isinstance(result, SystemExit) and result.code == 1 and out == []
+        assert len(err) == 1 and err[0].startswith(f'error: {path} is not a test.py results file ("fullshot" '), err
+    assert not (tmp_path / 'per_class_accuracy.png').exists()
+
+
+def test_output_is_the_png_written_or_a_one_line_error(tmp_path, capsys):
+    path = results_file(tmp_path / 'r.json', [50.0] * 100, list(range(100)))
+    for output, message in ((tmp_path / 'plot', 'the plot is a PNG, pass a path ending in .png'),
+                            (tmp_path / 'plot.jpg', 'the plot is a PNG, pass a path ending in .png'),
+                            (tmp_path / 'nowhere' / 'p.png', f'folder {tmp_path / "nowhere"} does not exist')):
+        result, out, err = run_plot([path, '--output', str(output)], capsys)
+        assert isinstance(result, SystemExit) and result.code == 1 and out == []
+        assert err == [f'error: --output {output}: {message}' + ('' if 'PNG' in message else
+                                                                   ': create it or pass another path')]
+    result, _, err = run_plot([str(tmp_path), '--output', str(tmp_path / 'p.png')], capsys)  # a run folder only
+    assert err == ['error: --output names the per-class plot of results files: pass test.py results files too']
+    assert sorted(os.listdir(tmp_path)) == ['r.json']  # nothing written
+    written, out, err = run_plot([path, '--output', str(tmp_path / 'p.PNG')], capsys)
+    assert written == [str(tmp_path / 'p.PNG')] and out == [f'wrote {tmp_path / "p.PNG"}'] and err == []
+    assert png_size(tmp_path / 'p.PNG') == (800, 500)

@@ -255,3 +255,102 @@ def test_evaluation_on_device(bcl_i_run, tiny, checkpoints, device, tmp_path):
     assert abs(results['fullshot']['top1'] - reference['fullshot']['top1']) <= tolerance
     for group in ('100shot', '50shot'):
         assert np.allclose(results[group]['top1'], reference[group]['top1'], atol=tolerance, rtol=0)
+
+
+# ----------------------------------------------------------------------------- issue 20: output, Ctrl-C, progress
+
+def test_output_that_would_replace_the_checkpoint_is_refused(tiny, checkpoints, tmp_path, capsys):
+    """--output the checkpoint (by its name, a symlink or a hard link) or any .pt: one line, before
+    any work, the checkpoint byte-identical."""
+    ckpt = tmp_path / 'model.pt'
+    shutil.copy(checkpoints / 'bcl_i.pt', ckpt)
+    before = ckpt.read_bytes()
+    os.symlink(ckpt, tmp_path / 'link.json')
+    os.link(ckpt, tmp_path / 'hard.json')
+    for output in (ckpt, tmp_path / '..' / tmp_path.name / 'model.pt', tmp_path / 'link.json', tmp_path / 'hard.json'):
+        expect_error(['--checkpoint', str(ckpt), '--test_fullshot', '--output', str(output)], tiny, capsys,
+                     f'--output {output} is the checkpoint {ckpt}: writing the results there would destroy it')
+        assert ckpt.read_bytes() == before
+    expect_error(['--checkpoint', str(ckpt), '--test_fullshot', '--output', str(tmp_path / 'other.PT')], tiny, capsys,
+                 f'--output {tmp_path / "other.PT"} ends in .pt, the name of a checkpoint: pass a .json path')
+    assert not (tmp_path / 'other.PT').exists()
+    assert sorted(os.listdir(tmp_path)) == ['hard.json', 'link.json', 'model.pt']
+
+
+def test_results_write_is_atomic_and_per_process(tmp_path):
+    path = tmp_path / 'r.json'
+    path.write_text('{"old": 1}')
+    (tmp_path / 'r.json.tmp').write_text('another run is writing')  # the temp name of a concurrent run
+    test_script.write_json({'new': 2}, str(path))
+    assert json.loads(path.read_text()) == {'new': 2}
+    assert (tmp_path / 'r.json.tmp').read_text() == 'another run is writing'
+    with pytest.raises(TypeError):  # fails half-way through the dump
+        test_script.write_json({'new': 3, 'bad': object()}, str(path))
+    assert json.loads(path.read_text()) == {'new': 2}  # unchanged, and no temp file of ours left
+    assert sorted(os.listdir(tmp_path)) == ['r.json', 'r.json.tmp']
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tiny, checkpoints, tmp_path):
+    """A real SIGINT while the probes train: one line, exit 130, no results file."""
+    import signal
+    output = tmp_path / 'r.json'
+    proc = subprocess.Popen([sys.executable, 'test.py', '--checkpoint', str(checkpoints / 'bcl_i.pt'), '--test_50shot',
+                             '--gpus', 'cpu', '--num_workers', '0', '--probe_epochs', '1000000', '--data_folder', tiny,
+                             '--output', str(output)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in proc.stdout:  # wait until the slow part runs
+            if line.startswith('training 5 50shot probe(s)'):
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert 'Traceback' not in err and err.strip().splitlines()[-1] == 'error: interrupted: no results were written'
+    assert not output.exists() and os.listdir(tmp_path) == []
+
+
+def test_results_record_the_checkpoint_epoch_and_progress(bcl_i_run, tiny, checkpoints, tmp_path, capsys):
+    results, path, _ = bcl_i_run
+    assert results['epoch'] == 2 and results['progress'] is None  # a checkpoint of the end of epoch 2
+    assert json.loads(path.read_text())['epoch'] == 2
+    # a preempted run's checkpoint: 2 epochs done and 7 steps of the third
+    state = torch.load(checkpoints / 'bcl_i.pt', weights_only=True)
+    state['progress'] = {'epoch': 3, 'step': 7, 'loss_sum': 1.0, 'seen': 14, 'masks': None, 'epoch_metrics': {}}
+    torch.save(state, tmp_path / 'mid.pt')
+    mid = run(['--checkpoint', str(tmp_path / 'mid.pt'), '--test_50shot', '--probe_epochs', '1'], tiny)
+    assert (mid['epoch'], mid['progress']) == (2, 7)
+    assert f'checkpoint {tmp_path / "mid.pt"} (pre-trained 2 epochs and 7 steps of epoch 3)' in capsys.readouterr().out
+    bare = run(['--checkpoint', str(checkpoints / 'sdclr_bare.pt'), '--prune', '--test_50shot', '--probe_epochs', '1',
+                '--trainSplit', SPLIT.format(k=1), '--output', str(tmp_path / 'bare.json')], tiny)
+    assert (bare['epoch'], bare['progress']) == (None, None)  # published checkpoints may not say
+    assert test_script.read_results(str(tmp_path / 'bare.json')) == bare
+
+
+def test_read_results_checks_per_class_and_class_counts(tmp_path, capsys):
+    """plot.py draws them: a results file whose per-class lists are malformed is refused by read_results
+    (so by --table and plot.py alike), in one line; older files without them, or without epoch, still read."""
+    full = {'top1': 50.0, 'top5': 80.0, 'many': 60.0, 'medium': 50.0, 'few': 40.0, 'std': 8.2}
+    good = {'method': 'SimCLR', 'model': 'SimCLR', 'probe_epochs': 500, 'fullshot': full, '100shot': None,
+            '50shot': None}
+    (tmp_path / 'old.json').write_text(json.dumps(good))
+    assert test_script.read_results(str(tmp_path / 'old.json')) == good
+    accuracies, counts = [1.0] * 100, [1] * 100
+    per_class = '"per_class" must be a list of 100 numbers'
+    class_counts = '"class_counts" must be a list of 100 integers >= 0'
+    bad = [({'per_class': accuracies[:99], 'class_counts': counts}, per_class),
+           ({'per_class': ['1'] * 100, 'class_counts': counts}, per_class),
+           ({'class_counts': counts}, per_class),
+           ({'per_class': accuracies, 'class_counts': [1.5] * 100}, class_counts),
+           ({'per_class': accuracies, 'class_counts': [-1] * 100}, class_counts),
+           ({'per_class': accuracies}, class_counts),
+           ({'epoch': '2'}, '"epoch" must be null or an integer')]
+    for change, problem in bad:
+        results = {**good, 'fullshot': {**full, **change}} if 'epoch' not in change else {**good, **change}
+        (tmp_path / 'bad.json').write_text(json.dumps(results))
+        with pytest.raises(SystemExit):
+            test_script.main(['--table', str(tmp_path / 'bad.json')])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f'{tmp_path / "bad.json"} is not a test.py results file (' in err[0], err
+        assert problem in err[0], (change, err)
