@@ -239,7 +239,9 @@ class Checkpoints:
 
     def resume_advice(self, remedy='free space or fix permissions'):
         """How to go on after the run failed (`remedy` first): from the newest checkpoint, or from
-        scratch when this run has none yet (then --resume would find nothing)."""
+        scratch when this run has none yet (then --resume would find nothing). A write in flight is
+        waited for first, so that the checkpoint named is on disk."""
+        self.wait_reporting()
         if self.newest_finite is None:
             return f'no checkpoint of this run exists yet: {remedy}, then start the run again (same command)'
         path, epoch = self.newest_finite

@@ -548,6 +548,7 @@ def train_epochs(parts, loader, step_fn, before_epoch, checkpoints, history, log
         history.append(record)  # before the probe: a kill during it loses nothing else (issue 20)
         probe_cut = False
         if probe_due and not stop.requested and dist.is_main:
+            checkpoints.wait()  # the epoch's model.pt on disk first: a kill during the probe costs no training
             probe_cut = not in_training_probe(parts, probe_data, epoch, stop, history, log)
         if (dist.agree_stop(stop) if dist.enabled else stop.requested) and (epoch < args.epochs or probe_cut):
             if checkpoints.latest not in paths:  # the signal came after this epoch's save

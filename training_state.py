@@ -74,7 +74,7 @@ def _check_fields(record, fields, where):
             return f'{where}{key} is missing'
         value = record[key]
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-            return f'{where}{key} is a {type(value).__name__}, not a {_type_name(kind)}'
+            return f'{where}{key} is of type {type(value).__name__}, expected {_type_name(kind)}'
     return None
 
 
@@ -125,7 +125,7 @@ def structure_problem(state):
     progress = state.get('progress')
     if progress is not None:
         problem = (_check_fields(progress, PROGRESS, 'progress.') if isinstance(progress, dict)
-                   else f'progress is a {type(progress).__name__}, not a dict or None')
+                   else f'progress is of type {type(progress).__name__}, expected dict or None')
         if problem:
             return problem
     return _rng_problem(state['rng'])
