@@ -467,7 +467,7 @@ def run(args, step_fn, before_epoch=None):
         compile_model(model)
     trained = dist.wrap(model, find_unused_parameters=args.sdclr)  # SDCLR: each pass uses one BN of each pair
     log.log(f'{method_name(args)} arguments: {vars(args)}')
-    log.log(f'device: {device}' + (f' (rank 0 of {dist.world_size})' if dist.enabled else '')
+    log.log(f'device: {device}' + (f' (rank 0 of {dist.world_size}, {type(trained).__name__})' if dist.enabled else '')
             + f'; split {args.trainSplit}: {class_distribution(dataset.class_counts)}')
     history = MetricsLog(save_dir, start_epoch, args.tensorboard, enabled=dist.is_main)
 
