@@ -187,15 +187,16 @@ def smoke_settings(args):
 
 # ----------------------------------------------------------------------------- data
 
-def prepare_data(args):
+SMOKE_DATA = (20, 10), dict(val_per_class=2, train_per_class=16, imbalance_ratio=10, shot_sizes=(8, 4))
+REAL_DATA = (500, 100), {}  # the real protocol (design 1.1)
+
+
+def prepare_data(args, sizes=None):
     """The data folder (a synthetic one is written once and reused) and a split family generated
     from its labels with split.generate's protocol, written under the cache. Real size: 50,000
-    train / 10,000 test, D_i 9,754; --smoke: 2,000 / 1,000 with a small family."""
-    if args.smoke:
-        per_class, split_args = (20, 10), dict(val_per_class=2, train_per_class=16, imbalance_ratio=10,
-                                               shot_sizes=(8, 4))
-    else:
-        per_class, split_args = (500, 100), {}  # the real protocol (design 1.1)
+    train / 10,000 test, D_i 9,754; --smoke: 2,000 / 1,000 with a small family; `sizes`:
+    ((train, test) images per class, generate_splits' arguments)."""
+    per_class, split_args = sizes or (SMOKE_DATA if args.smoke else REAL_DATA)
     folder = args.data_folder or os.path.join(CACHE, f'cifar100_synthetic_{per_class[0]}x{per_class[1]}')
     if not args.data_folder and not os.path.isfile(os.path.join(folder, 'cifar-100-python', 'test')):
         print(f'writing a synthetic CIFAR-100 ({100 * per_class[0]:,} train, {100 * per_class[1]:,} test) '
@@ -509,10 +510,11 @@ def bench_loader(pipeline, workers, data, args, device):
             'images_per_s': seen / (time.perf_counter() - start)}
 
 
-def bench_device_augment(pipeline, data, args, device, epochs=3):
+def bench_device_augment(pipeline, data, args, device, epochs=3, images=None):
     """Images/s (each 2 views) of --gpu_aug's augmentation alone on `device`: DeviceViews over
-    D_i at the benchmark's batch size, timed over whole epochs after one warm-up epoch."""
-    dataset = two_view_dataset(data, pipeline)
+    D_i (or its first `images`) at the benchmark's batch size, timed over whole epochs after one
+    warm-up epoch."""
+    dataset = two_view_dataset(data, pipeline, None if images is None else np.arange(min(images, len(data.d_i))))
     views = DeviceViews(dataset, EpochBatchSampler(len(dataset), args.batch_size, 0), device)
     seconds, images = [], 0
     for epoch in range(epochs + 1):
