@@ -215,7 +215,8 @@ def prepare_data(args, sizes=None):
     d_i = load_split(d_i_name, len(labels), split_root)
     # steady-state momentum losses: uniform in [4, 6], so the BCL weights spread over [0, 1]
     steady_loss = 4 + 2 * torch.rand(len(d_i), generator=torch.Generator().manual_seed(0))
-    return argparse.Namespace(folder=folder, d_i=d_i, labels=labels, index_sets=index_sets,
+    return argparse.Namespace(folder=folder, d_i=d_i, d_i_path=os.path.join(split_root, d_i_name), labels=labels,
+                              index_sets=index_sets,
                               test_labels=load_cifar100(folder, train=False)[1],
                               class_counts=np.bincount(labels[d_i], minlength=100), steady_loss=steady_loss)
 
