@@ -47,7 +47,7 @@ from utils import fail  # noqa: E402
 TOTAL_S = 480  # 8 minutes on one H100/H200
 BUDGETS = {  # seconds on a GPU; --smoke: the CPU budgets
     'cuda_tests': (150, 30), 'quick_start': (40, 60), 'training': (160, 35), 'device_augment': (15, 12),
-    'checkpoint': (15, 15), 'torchrun': (45, 35), 'test_py': (25, 20), 'probe': (20, 12)}
+    'checkpoint': (15, 15), 'torchrun': (45, 45), 'test_py': (25, 20), 'probe': (20, 12)}
 SMOKE_TOTAL_S = 175
 TRAIN_METHODS = ('BCL-D', 'SimCLR')
 TRAIN_CONFIGS = ('baseline', 'baseline_fp32', 'default', 'tf32', 'all', 'all_gpu_aug')
