@@ -39,14 +39,13 @@ from utils import InputError, get_device
 
 @dataclass
 class Distributed:
-    """This process's place in the run: rank, world size and device (one process: 0, 1)."""
+    """This process's place in the run: rank, world size and device (one process: 0, 1), and
+    whether a process group exists (`enabled`: every run under torchrun, a world of one included,
+    so that `torchrun --nproc_per_node 1` runs the collectives and DDP it runs with more ranks)."""
     device: torch.device
     rank: int = 0
     world_size: int = 1
-
-    @property
-    def enabled(self):
-        return self.world_size > 1
+    enabled: bool = False
 
     @property
     def is_main(self):
@@ -54,7 +53,7 @@ class Distributed:
 
     def wrap(self, model, find_unused_parameters):
         """DDP around `model` (already converted by global_batch_norm, on self.device); the model
-        itself when there is one process. Buffers are not broadcast: global statistics keep them
+        itself without a process group. Buffers are not broadcast: global statistics keep them
         equal on every rank."""
         if not self.enabled:
             return model
@@ -90,14 +89,18 @@ class Distributed:
             dist.destroy_process_group()
 
 
+TORCHRUN_VARIABLES = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')
+
+
 def from_environment(gpus):
-    """The run's Distributed: under torchrun (WORLD_SIZE > 1) the process group is created
-    (NCCL with one GPU per rank, cuda:LOCAL_RANK; gloo on CPU, with `--gpus cpu` or without
-    CUDA); otherwise one process on get_device(gpus), as before."""
-    world_size = int(os.environ.get('WORLD_SIZE', '1'))
-    if world_size == 1:
+    """The run's Distributed: under torchrun (RANK, WORLD_SIZE and LOCAL_RANK in the environment)
+    the process group is created, for a world of one too (NCCL with one GPU per rank,
+    cuda:LOCAL_RANK; gloo on CPU, with `--gpus cpu` or without CUDA), and the model is wrapped in
+    DDP; otherwise one process on get_device(gpus), as before. A world of one trains exactly
+    the one-process run (GlobalBatchNorm is plain BatchNorm there; tests/test_distributed.py)."""
+    if not all(name in os.environ for name in TORCHRUN_VARIABLES):
         return Distributed(get_device(gpus))
-    rank, local_rank = int(os.environ['RANK']), int(os.environ['LOCAL_RANK'])
+    rank, world_size, local_rank = (int(os.environ[name]) for name in TORCHRUN_VARIABLES)
     if str(gpus).split(',')[0].strip().lower() == 'cpu' or not torch.cuda.is_available():
         device, backend = torch.device('cpu'), 'gloo'
     else:
@@ -108,7 +111,7 @@ def from_environment(gpus):
         device, backend = torch.device('cuda', local_rank), 'nccl'
         torch.cuda.set_device(device)
     dist.init_process_group(backend, rank=rank, world_size=world_size)
-    return Distributed(device, rank, world_size)
+    return Distributed(device, rank, world_size, enabled=True)
 
 
 class AllReduce(torch.autograd.Function):

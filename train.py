@@ -477,7 +477,7 @@ def run(args, step_fn, before_epoch=None):
                     + ('; the run is complete, nothing left to train' if start_epoch > args.epochs else ''))
             del state
         log.log(f'{method_name(args)} arguments: {vars(args)}')
-        log.log(f'device: {dist.device}' + (f' (rank 0 of {dist.world_size})' if dist.enabled else '')
+        log.log(f'device: {dist.device}' + (f' (rank 0 of {dist.world_size}, DistributedDataParallel)' if dist.enabled else '')
                 + f'; split {args.trainSplit}: {class_distribution(parts.dataset.class_counts)}')
         history = MetricsLog(save_dir, start_epoch, args.tensorboard, dist.is_main, history_from)
         with StopRequest() as stop, checkpoints.writing():  # writes in the background, all done on exit

@@ -46,12 +46,16 @@ What is timed:
 - Baseline (`--baseline`): the loop the way the published code runs it: a Python loop over the
   batch for the momentum update (one element at a time, reading each value, plus the
   epochs x N history buffer and a host sync per step to log the loss), DataLoader workers
-  re-created every epoch, float32, eager, deterministic cuDNN (as published: its setup_seed turns
-  cudnn.benchmark off after main turned it on, design 5); in evaluation,
-  the features re-extracted for each of the 11 probes, each probe trained alone by the
-  published loop (nn.Linear, autograd, torch.optim.Adam, a kernel launch per op). Every
-  speed-up is a ratio to the baseline measured in the same run (to `default`, our faithful
-  float32 path, without --baseline).
+  re-created every epoch, eager, deterministic cuDNN (as published: its setup_seed turns
+  cudnn.benchmark off after main turned it on, design 5), and torch's defaults for what the
+  published code does not set: TF32 convolutions (cudnn.allow_tf32 defaults to True), float32
+  matmuls; in evaluation, the features re-extracted for each of the 11 probes, each probe
+  trained alone by the published loop (nn.Linear, autograd, torch.optim.Adam, a kernel launch
+  per op). That is what the published commands get on an Ampere or newer GPU today, so every
+  speed-up is a ratio to it, measured in the same run (to `default`, our faithful float32 path,
+  without --baseline). `baseline_fp32`, the same loop in exact float32 (TF32 off), is timed
+  beside it as a second reference (training only). On the CPU TF32 does not exist: the two are
+  the same math.
 - Loader ceiling: images/s of the augmentation pipelines alone (base SimCLR two views, BCL
   k=1 and k=2 with weights uniform in [0, 1]) through a DataLoader with 1 worker, with
   `--num_workers` and with all cores, no network; and the same pipelines made by --gpu_aug on
@@ -102,7 +106,7 @@ from eval_cifar import PROBE_EPOCHS, extract_features, linear_probe  # noqa: E40
 from models import build_model  # noqa: E402
 from split.generate import generate_splits, write_splits  # noqa: E402
 from split.resolve import load_split, protocol_files  # noqa: E402
-from utils import compile_model, cosine_annealing, rng_state, set_cudnn, set_seed  # noqa: E402
+from utils import compile_model, cosine_annealing, fail, rng_state, set_cudnn, set_seed  # noqa: E402
 
 # test.py by path: `import test` could find Python's own test package
 _spec = importlib.util.spec_from_file_location('bcl_test_script', os.path.join(ROOT, 'test.py'))
@@ -119,7 +123,8 @@ METHODS = {  # design 7's commands
     'BCL-D': dict(sdclr=True, bcl=True, rand_k=2),
 }
 CONFIGS = {
-    'baseline': dict(published=True),
+    'baseline': dict(published=True, torch_defaults=True),  # the reference of every ratio
+    'baseline_fp32': dict(published=True),  # the second reference: the published loop in exact float32
     'default': dict(),
     'bf16': dict(amp='bf16'),
     'channels_last': dict(channels_last=True),
@@ -131,6 +136,9 @@ CONFIGS = {
     'all': dict(amp='bf16', channels_last=True, compile=True, persistent=True, cudnn_benchmark=True, tf32=True),
     'all_gpu_aug': dict(amp='bf16', channels_last=True, compile=True, cudnn_benchmark=True, tf32=True, gpu_aug=True),
 }
+BASELINES = ('baseline', 'baseline_fp32')
+LABELS = {'baseline': 'published loop, torch defaults (TF32 convolutions)',
+          'baseline_fp32': 'published loop, exact float32 (second reference)'}
 PARTS = ('train', 'eval', 'loader', 'checkpoint')
 PIPELINES = {'SimCLR': 'base', 'SDCLR': 'base', 'BCL-I': 'BCL k=1', 'BCL-D': 'BCL k=2'}
 
@@ -143,9 +151,11 @@ def get_parser():
                              f'{CACHE})')
     parser.add_argument('--methods', default=','.join(METHODS), help='comma list of ' + ', '.join(METHODS))
     parser.add_argument('--configs', default=None,
-                        help='comma list of ' + ', '.join(c for c in CONFIGS if c != 'baseline')
+                        help='comma list of ' + ', '.join(c for c in CONFIGS if c not in BASELINES)
                              + ' (default CUDA: all of them; CPU: default,channels_last,persistent)')
-    parser.add_argument('--baseline', action='store_true', help='also time the published loop; ratios against it')
+    parser.add_argument('--baseline', action='store_true',
+                        help='also time the published loop with torch\'s defaults (every ratio against it) and in '
+                             'exact float32 (a second reference)')
     parser.add_argument('--batch_size', type=int, default=512 if cuda else 4)
     parser.add_argument('--steps', type=int, default=10 if cuda else 3,
                         help='steps per timed epoch (0: a whole D_i epoch)')
@@ -178,15 +188,16 @@ def smoke_settings(args):
 
 # ----------------------------------------------------------------------------- data
 
-def prepare_data(args):
+SMOKE_DATA = (20, 10), dict(val_per_class=2, train_per_class=16, imbalance_ratio=10, shot_sizes=(8, 4))
+REAL_DATA = (500, 100), {}  # the real protocol (design 1.1)
+
+
+def prepare_data(args, sizes=None):
     """The data folder (a synthetic one is written once and reused) and a split family generated
     from its labels with split.generate's protocol, written under the cache. Real size: 50,000
-    train / 10,000 test, D_i 9,754; --smoke: 2,000 / 1,000 with a small family."""
-    if args.smoke:
-        per_class, split_args = (20, 10), dict(val_per_class=2, train_per_class=16, imbalance_ratio=10,
-                                               shot_sizes=(8, 4))
-    else:
-        per_class, split_args = (500, 100), {}  # the real protocol (design 1.1)
+    train / 10,000 test, D_i 9,754; --smoke: 2,000 / 1,000 with a small family; `sizes`:
+    ((train, test) images per class, generate_splits' arguments)."""
+    per_class, split_args = sizes or (SMOKE_DATA if args.smoke else REAL_DATA)
     folder = args.data_folder or os.path.join(CACHE, f'cifar100_synthetic_{per_class[0]}x{per_class[1]}')
     if not args.data_folder and not os.path.isfile(os.path.join(folder, 'cifar-100-python', 'test')):
         print(f'writing a synthetic CIFAR-100 ({100 * per_class[0]:,} train, {100 * per_class[1]:,} test) '
@@ -207,7 +218,8 @@ def prepare_data(args):
     d_i = load_split(d_i_name, len(labels), split_root)
     # steady-state momentum losses: uniform in [4, 6], so the BCL weights spread over [0, 1]
     steady_loss = 4 + 2 * torch.rand(len(d_i), generator=torch.Generator().manual_seed(0))
-    return argparse.Namespace(folder=folder, d_i=d_i, labels=labels, index_sets=index_sets,
+    return argparse.Namespace(folder=folder, d_i=d_i, d_i_path=os.path.join(split_root, d_i_name), labels=labels,
+                              index_sets=index_sets,
                               test_labels=load_cifar100(folder, train=False)[1],
                               class_counts=np.bincount(labels[d_i], minlength=100), steady_loss=steady_loss)
 
@@ -231,8 +243,24 @@ def sync(device):
 
 
 def set_cuda_math(flags, device):
-    # as train.py: deterministic cuDNN and exact float32 unless the flags
-    set_cudnn(device, flags.get('cudnn_benchmark', False), flags.get('tf32', False))
+    """As train.py: deterministic cuDNN and exact float32 unless the flags; the baseline as the
+    published code runs on today's torch (set_published_math)."""
+    if flags.get('torch_defaults'):
+        set_published_math()
+    else:
+        set_cudnn(device, flags.get('cudnn_benchmark', False), flags.get('tf32', False))
+
+
+def set_published_math():
+    """The math the published code gets from today's torch: its setup_seed's deterministic cuDNN
+    (design 5), and torch's defaults for what it does not touch: TF32 convolutions
+    (cudnn.allow_tf32 defaults to True) and float32 matmuls (cuda.matmul.allow_tf32 defaults to
+    False). What a researcher running the published commands on an Ampere or newer GPU gets;
+    on the CPU TF32 does not exist, so there it is the exact-float32 baseline."""
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def peak_memory_mb(device):
@@ -486,10 +514,11 @@ def bench_loader(pipeline, workers, data, args, device):
             'images_per_s': seen / (time.perf_counter() - start)}
 
 
-def bench_device_augment(pipeline, data, args, device, epochs=3):
+def bench_device_augment(pipeline, data, args, device, epochs=3, images=None):
     """Images/s (each 2 views) of --gpu_aug's augmentation alone on `device`: DeviceViews over
-    D_i at the benchmark's batch size, timed over whole epochs after one warm-up epoch."""
-    dataset = two_view_dataset(data, pipeline)
+    D_i (or its first `images`) at the benchmark's batch size, timed over whole epochs after one
+    warm-up epoch."""
+    dataset = two_view_dataset(data, pipeline, None if images is None else np.arange(min(images, len(data.d_i))))
     views = DeviceViews(dataset, EpochBatchSampler(len(dataset), args.batch_size, 0), device)
     seconds, images = [], 0
     for epoch in range(epochs + 1):
@@ -633,7 +662,7 @@ def print_report(results):
     s = results['settings']
     print(f'\n## {results["device"]}, torch {results["torch"]}; batch {s["batch_size"]}, '
           f'{s["num_workers"]} loader workers, D_i {s["d_i_images"]:,} images')
-    reference = 'baseline' if s['baseline'] else 'default'
+    reference = results['reference']['config']
     if results['training']:
         print_training(results['training'], s, reference, results['device_type'] == 'cuda')
     if results['eval']:
@@ -677,7 +706,7 @@ def check_sane(results):
     for r in results['eval']:
         for key in ('warmup_s', 'features_s', 'probes_s', 'total_s'):
             assert math.isfinite(r[key]) and r[key] > 0, (r['family'], r['config'], key, r[key])
-        assert r['feature_passes'] == (11 if r['config'] == 'baseline' else 1), r
+        assert r['feature_passes'] == (11 if CONFIGS[r['config']].get('published') else 1), r
     for r in results['loader']:
         assert r['images'] > 0 and math.isfinite(r['images_per_s']) and r['images_per_s'] > 0, r
     for r in results.get('checkpoint', []):
@@ -696,6 +725,43 @@ def cpu_model():
     return platform.processor() or 'unknown'
 
 
+def device_name(device):
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    return f'CPU: {cpu_model()}, {os.cpu_count()} cores'
+
+
+def reference_of(configs, device):
+    """Which configuration every ratio of the run is against, and what it is."""
+    if 'baseline' not in configs:
+        return {'config': 'default', 'label': 'our loop without flags (exact float32)'}
+    note = '' if device.type == 'cuda' else '; on the CPU TF32 does not exist: the same math as baseline_fp32'
+    return {'config': 'baseline', 'label': LABELS['baseline'] + note,
+            'second': 'baseline_fp32', 'second_label': LABELS['baseline_fp32']}
+
+
+def check_writable(path):
+    """Fails with a one-line error unless `path` can be written (its folder created if missing),
+    so that a bad --output is refused before minutes of measurement."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        if os.path.isdir(path):
+            raise IsADirectoryError(21, 'is a folder')
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        fail(f'cannot write --output {path} ({error.strerror}): pass a writable file path')
+
+
+def write_json(results, path):
+    try:
+        with open(path, 'w') as f:
+            json.dump(results, f, indent=1)
+    except OSError as error:
+        fail(f'cannot write --output {path} ({error.strerror})')
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
     if args.smoke:
@@ -705,19 +771,19 @@ def main(argv=None):
     configs = (args.configs or ('default,bf16,channels_last,compile,persistent,cudnn_benchmark,tf32,gpu_aug,all,all_gpu_aug'
                                 if device.type == 'cuda'
                                 else 'default,channels_last,persistent')).split(',')
-    configs = (['baseline'] if args.baseline else []) + [c for c in configs if c != 'baseline']
+    configs = (list(BASELINES) if args.baseline else []) + [c for c in configs if c not in BASELINES]
     parts = args.parts.split(',')
     for name, chosen, known in (('method', methods, METHODS), ('config', configs, CONFIGS),
                                 ('part', parts, PARTS)):
         unknown = [c for c in chosen if c not in known]
         if unknown:
             sys.exit(f'error: unknown {name} {", ".join(unknown)}: use {", ".join(known)}')
-    if device.type == 'cuda':
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f'CPU: {cpu_model()}, {os.cpu_count()} cores'
+    output = args.output or os.path.join(CACHE, f'bench_{device.type}.json')
+    check_writable(output)  # before any measurement
+    name = device_name(device)
     data = prepare_data(args)
     results = {'device': name, 'device_type': device.type, 'torch': torch.__version__,
+               'reference': reference_of(configs, device),
                'training': [], 'eval': [], 'loader': [], 'checkpoint': [], 'bound': [],
                'settings': {**vars(args), 'methods': methods, 'configs': configs, 'd_i_images': len(data.d_i)}}
     print(f'{name}; D_i {len(data.d_i):,} images; methods {methods}; configs {configs}', flush=True)
@@ -734,7 +800,8 @@ def main(argv=None):
         results['probes'] = probes
         for prune in dict.fromkeys(METHODS[m]['sdclr'] for m in methods):
             for config in configs:
-                if config == 'persistent' or 'gpu_aug' in config:  # no effect on test.py
+                # no effect on test.py; the exact-float32 reference is a training row
+                if config in ('persistent', 'baseline_fp32') or 'gpu_aug' in config:
                     continue
                 r = bench_eval(prune, config, probes, data, args, device)
                 results['eval'].append(r)
@@ -763,10 +830,7 @@ def main(argv=None):
     results['bound'] = bound_lines(results)
     print_report(results)
 
-    output = args.output or os.path.join(CACHE, f'bench_{device.type}.json')
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, 'w') as f:
-        json.dump(results, f, indent=1)
+    write_json(results, output)
     print(f'\nresults written to {output}')
     if args.smoke:
         with open(output) as f:

@@ -196,18 +196,43 @@ def test_global_batch_norm_keeps_the_parameters_and_state_dict():
     assert sum(isinstance(m, GlobalBatchNorm) for m in model.modules()) == 44  # 2 x (20 backbone + 2 head)
 
 
+def run_script(script, argv, world_size=None):
+    """`python script argv`, or under the real launcher `torchrun --nproc_per_node world_size`;
+    returns its stdout (the run must succeed)."""
+    command = ([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(world_size)]
+               if world_size else [sys.executable])
+    done = subprocess.run(command + [script] + argv, capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 def test_torchrun_runs_the_published_command_with_gpu_aug(argv_of, tmp_path):
     """The documented launcher itself: `torchrun --nproc_per_node 2 train_sdclr.py ... --gpu_aug`
     (BCL-D, float32, 1 epoch) trains, rank 0 alone logs, and its first batch's losses (before any
     update: no float drift yet) equal those of the same command in one process."""
     for world_size in (1, 2):
         argv = argv_of('BCL-D', f'torchrun{world_size}', tmp_path, epochs=1, extra=['--gpu_aug'])
-        command = ([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(world_size)]
-                   if world_size > 1 else [sys.executable])
-        done = subprocess.run(command + ['train_sdclr.py'] + argv, capture_output=True, text=True, timeout=600,
-                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert done.stdout.count('epoch 1/1 loss') == 1
+        stdout = run_script('train_sdclr.py', argv, world_size if world_size > 1 else None)
+        assert stdout.count('epoch 1/1 loss') == 1
     one, two = load(tmp_path / 'torchrun1' / 'model.pt'), load(tmp_path / 'torchrun2' / 'model.pt')
     first_batch = EpochBatchSampler(SAMPLES, 16, 10).order(1)[:16]  # --seed 10
     assert torch.allclose(one['momentum_loss'][first_batch], two['momentum_loss'][first_batch], atol=1e-4)
+
+
+def test_torchrun_with_one_process_trains_the_plain_run_bit_for_bit(argv_of, tmp_path):
+    """`torchrun --nproc_per_node 1` creates the process group (gloo here, NCCL on a GPU) and
+    wraps the model in DDP, so a world of one runs the collectives of a larger one (the feature
+    gather, the stop agreement, DDP's gradient all-reduce); 2 epochs of SimCLR in float32 end
+    with every weight, buffer and momentum loss equal, bit for bit, to the run without torchrun."""
+    for name, world_size in (('plain', None), ('torchrun', 1)):
+        run_script('train.py', argv_of('SimCLR', name, tmp_path), world_size)
+    log = (tmp_path / 'torchrun' / 'log.txt').read_text()
+    assert '(rank 0 of 1, DistributedDataParallel)' in log
+    assert 'rank 0 of' not in (tmp_path / 'plain' / 'log.txt').read_text()
+    plain, launched = load(tmp_path / 'plain' / 'model.pt'), load(tmp_path / 'torchrun' / 'model.pt')
+    assert plain['epoch'] == launched['epoch'] == 2
+    assert plain['state_dict'].keys() == launched['state_dict'].keys()
+    for key, value in plain['state_dict'].items():
+        assert torch.equal(value, launched['state_dict'][key]), key
+    assert torch.equal(plain['momentum_loss'], launched['momentum_loss'])
