@@ -3,6 +3,7 @@ state, the in-training probe against SIGKILL and SIGTERM, a full or read-only di
 checkpoint write, a loader worker killed by the OOM killer. Synthetic data, CPU, tiny splits."""
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,6 +144,29 @@ def test_a_stop_signal_ends_feature_extraction_and_probes_at_their_next_step(syn
         train_probes(torch.randn(20, 4), torch.arange(20) % 2, [np.arange(20)], 2, epochs=500, stop=stop)
 
 
+@pytest.fixture(scope='module')
+def small_probe_args(tmp_path_factory):
+    """A CIFAR-100 folder of 4 train and 2 test images per class with its split family (probe train
+    list of 2 per class) and a 32-image D_i: the in-training probe's feature pass covers 400 images,
+    so that a probe costs seconds on the CPU."""
+    import uuid
+    from split.generate import main as generate
+    from split.resolve import SPLIT_ROOT
+    data = str(write_synthetic_cifar100(str(tmp_path_factory.mktemp('small')), 4, 2, seed=0))
+    family = f'_pytest_small_{uuid.uuid4().hex[:8]}'
+    generate(['--data_folder', data, '--name', family, '--val_per_class', '1', '--train_per_class', '2',
+              '--imbalance_ratio', '1', '--shot_sizes', '1', '1'])
+    d_i = f'{family}/{SUBSETS}/cifar100_split1_D_i.npy'
+    np.save(os.path.join(SPLIT_ROOT, family, SUBSETS, 'tiny_D_i.npy'), np.load(os.path.join(SPLIT_ROOT, d_i))[:32])
+
+    def args(save_dir, epochs=2):
+        return ['--epochs', str(epochs), '--batch_size', '16', '--num_workers', '0', '--gpus', 'cpu',
+                '--data_folder', data, '--trainSplit', f'{family}/{SUBSETS}/tiny_D_i.npy',
+                '--save_dir', str(save_dir), '--eval_freq', '1', '--save_freq', '0']
+    yield args
+    shutil.rmtree(os.path.join(SPLIT_ROOT, family), ignore_errors=True)
+
+
 PROBE_DRIVER = textwrap.dedent('''
     import os, signal, sys
     sys.path.insert(0, {root!r})
@@ -166,11 +190,11 @@ def drive_probe(argv, mode):
 
 
 @pytest.mark.parametrize('mode', ['kill', 'term'])
-def test_a_probe_cut_short_loses_no_epoch_and_runs_again_on_resume(mode, base_args, tmp_path):
+def test_a_probe_cut_short_loses_no_epoch_and_runs_again_on_resume(mode, small_probe_args, tmp_path):
     """SIGKILL during epoch 1's probe: the epoch's metrics line is on disk (written before the probe).
     SIGTERM during it: the probe stops at once, the run exits 143 after saving. Either way --resume
     first runs the probe that was cut off, then trains on; every epoch has its line and its probe."""
-    argv = with_flag(['x'] + base_args(tmp_path, epochs=2), '--eval_freq', '1') + ['--save_freq', '0']
+    argv = ['x'] + small_probe_args(tmp_path)
     cut = drive_probe(argv, mode)
     assert cut.returncode == (-signal.SIGKILL if mode == 'kill' else 128 + signal.SIGTERM), cut.stderr
     (record,) = read_metrics(tmp_path / 'x' / 'metrics.jsonl')
