@@ -50,6 +50,9 @@ def write_failure_reason(error, folder):
     full disk as 'enforce fail at inline_container.cc...') what the folder's state says."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
+    text = ' '.join(str(error).split())
+    if 'inline_container' not in text and 'PytorchStreamWriter' not in text:  # not torch's writer: its words
+        return text[:160]
     try:
         stats = os.statvfs(folder)
         if stats.f_bavail * stats.f_frsize < 2 ** 26:  # under 64 MB left
@@ -245,8 +248,13 @@ class Checkpoints:
         if self.newest_finite is None:
             return f'no checkpoint of this run exists yet: {remedy}, then start the run again (same command)'
         path, epoch = self.newest_finite
-        resume = '--resume' if path == self.latest else f'--resume --checkpoint {path}'
-        return f'the newest checkpoint, {path} (epoch {epoch}), is intact: {remedy}, then continue with {resume}'
+        return (f'the newest checkpoint, {path} (epoch {epoch}), is intact: {remedy}, then continue with '
+                f'{self.resume_command()}')
+
+    def resume_command(self):
+        """The flags that continue the newest checkpoint on disk: --resume for this folder's model.pt."""
+        path = self.latest if self.newest_finite is None else self.newest_finite[0]
+        return '--resume' if path == self.latest else f'--resume --checkpoint {path}'
 
     def diverged(self, what):
         """The InputError of a run whose loss or state became non-finite (`what` says where)."""

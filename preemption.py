@@ -83,11 +83,22 @@ class Preempted(Exception):
     """The run stopped on a signal after saving a resumable checkpoint; logs where, and carries
     the exit code (StopRequest.exit_code)."""
 
-    def __init__(self, stop, log, where):
-        message = f'stopped by {stop.requested} {where}; continue with --resume'
+    def __init__(self, stop, log, where, resume='--resume'):
+        message = f'stopped by {stop.requested} {where}; continue with {resume}'
         log.log(message)
         super().__init__(message)
         self.code = stop.exit_code
+
+
+def loader_worker_death(error):
+    """The words of torch's error for a loader worker that died under the loader (killed by a
+    signal, as the OOM killer's SIGKILL; "exited unexpectedly"), or None for any other error (an
+    exception raised inside a worker is a bug to show whole, not a memory problem)."""
+    text = ' '.join(str(error).split())
+    if isinstance(error, RuntimeError) and 'DataLoader worker' in text and (
+            'exited unexpectedly' in text or 'is killed by signal' in text):
+        return text[:120]
+    return None
 
 
 def kill_loader_workers():

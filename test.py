@@ -33,6 +33,7 @@ from data.cifar100 import NUM_CLASSES, EvalCIFAR100
 import checkpoint as checkpoint_files
 from eval_cifar import PROBE_EPOCHS, extract_features, group_accuracy, probe_accuracy, train_probes
 from models import build_model, load_pretrained
+from preemption import loader_worker_death
 from split.resolve import load_split, protocol_files
 from utils import ArgumentParser, InputError, compile_model, fail, get_device, int_in, set_cudnn, set_seed
 
@@ -203,15 +204,23 @@ def default_output(checkpoint):
 
 def check_output(output, checkpoint):
     """Refuse, before any work, a results path that would replace a checkpoint: the checkpoint
-    itself (by any name: a link, ../) or any .pt file."""
+    itself (by any name: a link, ../), a checkpoint's file name or an existing torch file."""
     same = os.path.realpath(output) == os.path.realpath(checkpoint)
     if not same and os.path.exists(output) and os.path.exists(checkpoint):
         same = os.path.samefile(output, checkpoint)  # a hard link
     if same:
         raise InputError(f'--output {output} is the checkpoint {checkpoint}: writing the results there would '
                          f'destroy it; pass another path (default: {default_output(checkpoint)})')
-    if output.lower().endswith('.pt'):
-        raise InputError(f'--output {output} ends in .pt, the name of a checkpoint: pass a .json path for the results')
+    if output.lower().endswith(('.pt', '.pth', '.tar', '.ckpt')):
+        extension = os.path.splitext(output)[1].lower()
+        raise InputError(f'--output {output} ends in {extension}, the name of a checkpoint: pass a .json path for '
+                         f'the results')
+    if os.path.isfile(output):
+        with open(output, 'rb') as f:
+            head = f.read(4)
+        if head == b'PK\x03\x04' or head[:1] == b'\x80':  # torch.save's zip, or a legacy pickle
+            raise InputError(f'--output {output} holds a saved torch file (a checkpoint?), not results: pass '
+                             f'another path')
 
 
 def check_writable(path):
@@ -402,6 +411,11 @@ def main(argv=None):
         fail(str(e))
     except KeyboardInterrupt:
         fail('interrupted: no results were written', code=130)
+    except RuntimeError as e:
+        if not loader_worker_death(e):
+            raise
+        fail(f'a data loader worker died ({loader_worker_death(e)}), most likely killed for lack of memory: lower '
+             f'--num_workers (now {args.num_workers}) or free memory; no results were written')
     print(f'\nresults written to {output}')
     return results
 

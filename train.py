@@ -31,7 +31,8 @@ from losses.nt_xent import nt_xent
 from metrics import MetricsLog, bcl_weight_stats, check_tensorboard
 from models import build_model
 from models.utils import load_pretrained
-from preemption import Preempted, StopRequest, Stopped, ignore_in_worker, workers_start_shielded
+from preemption import (Preempted, StopRequest, Stopped, ignore_in_worker, loader_worker_death,
+                        workers_start_shielded)
 from split.resolve import load_split
 from training_state import RESUME_ADVICE, Parts, check_inputs, input_digests, method_name
 from utils import (ArgumentParser, InputError, Logger, compile_model, cosine_annealing, fail, float_in,
@@ -176,7 +177,8 @@ def check_method_args(args, state, path):
     saved = state['args']
     if saved['sdclr'] != args.sdclr:
         script = 'train_sdclr.py' if saved['sdclr'] else 'train.py'
-        raise InputError(f'{path} is a {state["method"]} checkpoint: resume it with {script}')
+        raise InputError(f'{path} is a {state.get("method", "SDCLR-family" if saved["sdclr"] else "SimCLR-family")} '
+                         f'checkpoint: resume it with {script}')
     for name in METHOD_ARGS:
         if name in saved and getattr(args, name, None) != saved[name]:
             raise InputError(f'{path} was trained with --{name} {saved[name]}, not {getattr(args, name)}: '
@@ -203,7 +205,7 @@ def make_save_dir(args, rank=0):
     save_dir = os.path.join(args.save_dir, args.experiment)
     try:
         os.makedirs(save_dir, exist_ok=True)
-        probe = os.path.join(save_dir, f'.write_test{rank}')
+        probe = os.path.join(save_dir, f'.write_test.{os.getpid()}')  # per process: runs may start together
         open(probe, 'w').close()
         os.remove(probe)
     except OSError as error:
@@ -364,8 +366,9 @@ def prepare_folder(args, checkpoints, save_dir):
     path, state = load_resume_checkpoint(args, save_dir)
     source = os.path.dirname(os.path.abspath(path))
     elsewhere = os.path.realpath(source) != os.path.realpath(save_dir)
-    if elsewhere and checkpoints.existing() and not args.overwrite:
-        raise InputError(f'{save_dir} holds a run of its own ({len(checkpoints.existing())} checkpoint(s)): continuing '
+    own = checkpoints.existing() + [name for name in ('metrics.jsonl',) if os.path.exists(os.path.join(save_dir, name))]
+    if elsewhere and own and not args.overwrite:
+        raise InputError(f'{save_dir} holds a run of its own ({", ".join(map(os.path.basename, own))}): continuing '
                          f'{path} there would replace it. Continue it into a clean folder (a new experiment name), '
                          f'or pass --overwrite to delete that run and continue {path} there')
     if args.overwrite and not elsewhere:
@@ -412,7 +415,7 @@ def probe_cut_short(args, history, epoch):
         and 'probe' not in record
 
 
-def in_training_probe(parts, probe_data, epoch, stop, history, log):
+def in_training_probe(parts, probe_data, epoch, stop, history, log, checkpoints):
     """Design 5's full-shot probe after `epoch` (its checkpoint is already taken; the training RNG is
     left as it was), its result added to the epoch's metrics line. A stop signal cuts it short within
     a batch or a probe epoch (issue 20: within the scheduler's grace period); returns False then, and
@@ -425,6 +428,10 @@ def in_training_probe(parts, probe_data, epoch, stop, history, log):
         except Stopped:
             log.log(f'the full-shot probe of epoch {epoch} was cut short by {stop.requested}; --resume runs it again')
             return False
+        except RuntimeError as error:  # its feature pass's loader workers
+            if loader_worker_death(error):
+                raise loader_worker_died(error, args, checkpoints) from None
+            raise
     log.log(f'probe after epoch {epoch}/{args.epochs}: full-shot top1 {result["top1"]:.2f} top5 {result["top5"]:.2f}')
     history.add_probe(epoch, {k: result[k] for k in ('top1', 'top5') + GROUPS})
     return True
@@ -432,8 +439,7 @@ def in_training_probe(parts, probe_data, epoch, stop, history, log):
 
 def loader_worker_died(error, args, checkpoints):
     """The one-line error of a loader worker killed under the run (the OOM killer's SIGKILL, say)."""
-    cause = ' '.join(str(error).split())[:120]
-    return InputError(f'a data loader worker died ({cause}), most likely killed for lack of memory: lower '
+    return InputError(f'a data loader worker died ({loader_worker_death(error)}), most likely killed for lack of memory: lower '
                       f'--num_workers (now {args.num_workers}) or free memory; '
                       + checkpoints.resume_advice('lower --num_workers or free memory'))
 
@@ -482,8 +488,10 @@ def run(args, step_fn, before_epoch=None):
         history = MetricsLog(save_dir, start_epoch, args.tensorboard, dist.is_main, history_from)
         with StopRequest() as stop, checkpoints.writing():  # writes in the background, all done on exit
             if progress is None and dist.is_main and probe_cut_short(args, history, start_epoch - 1):
-                if not in_training_probe(parts, probe_data, start_epoch - 1, stop, history, log):
-                    raise Preempted(stop, log, f'during the probe of epoch {start_epoch - 1} (nothing else to save)')
+                in_training_probe(parts, probe_data, start_epoch - 1, stop, history, log, checkpoints)
+            if dist.agree_stop(stop) if dist.enabled else stop.requested:  # every rank, as after an epoch
+                raise Preempted(stop, log, f'before epoch {start_epoch} (nothing new to save)',
+                                checkpoints.resume_command())
             train_epochs(parts, loader, step_fn, before_epoch, checkpoints, history, log, probe_data, stop, dist,
                          start_epoch, progress, epoch_metrics)
         history.close()
@@ -519,7 +527,7 @@ def train_epochs(parts, loader, step_fn, before_epoch, checkpoints, history, log
         except Diverged as error:
             raise checkpoints.diverged(str(error)) from None
         except RuntimeError as error:
-            if 'DataLoader worker' in str(error):
+            if loader_worker_death(error):
                 raise loader_worker_died(error, args, checkpoints) from None
             raise
         if progress.stopped:
@@ -528,7 +536,7 @@ def train_epochs(parts, loader, step_fn, before_epoch, checkpoints, history, log
             checkpoints.write(stopped_state, [checkpoints.latest], epoch - 1)
             checkpoints.wait()
             raise Preempted(stop, log, f'at epoch {epoch}, step {progress.step}/{steps_per_epoch}: saved '
-                                       f'{checkpoints.latest}')
+                                       f'{checkpoints.latest}', checkpoints.resume_command())
         train_s = time.time() - start
         record = epoch_record(epoch, progress, seen_before, train_s, optimizer.param_groups[0]['lr'], epoch_metrics)
         if args.bcl:  # design 1.4: new weights from this epoch's momentum losses
@@ -546,15 +554,16 @@ def train_epochs(parts, loader, step_fn, before_epoch, checkpoints, history, log
         log.log(f'epoch {epoch}/{args.epochs} loss {record["loss"]:.4f} lr {record["lr"]:.6g} time {train_s:.1f}s'
                 + ''.join(f' {k} {v:.4f}' for k, v in (epoch_metrics or {}).items()))
         history.append(record)  # before the probe: a kill during it loses nothing else (issue 20)
-        probe_cut = False
         if probe_due and not stop.requested and dist.is_main:
             checkpoints.wait()  # the epoch's model.pt on disk first: a kill during the probe costs no training
-            probe_cut = not in_training_probe(parts, probe_data, epoch, stop, history, log)
-        if (dist.agree_stop(stop) if dist.enabled else stop.requested) and (epoch < args.epochs or probe_cut):
+            in_training_probe(parts, probe_data, epoch, stop, history, log, checkpoints)
+        # a stop agreed by every rank; after the last epoch too when its probe was due (it may have been
+        # skipped or cut short: --resume then runs it), so that every rank decides alike
+        if (dist.agree_stop(stop) if dist.enabled else stop.requested) and (epoch < args.epochs or probe_due):
             if checkpoints.latest not in paths:  # the signal came after this epoch's save
                 checkpoints.write(parts.state(epoch), [checkpoints.latest], epoch)
             checkpoints.wait()
-            raise Preempted(stop, log, f'after epoch {epoch}: saved {checkpoints.latest}')
+            raise Preempted(stop, log, f'after epoch {epoch}: saved {checkpoints.latest}', checkpoints.resume_command())
 
 
 def main(argv=None, sdclr=False, step_fn=simclr_step, before_epoch=None):

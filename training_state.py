@@ -91,6 +91,10 @@ def _rng_problem(rng):
                      numpy['cached_gaussian'])
         np.random.RandomState().set_state(numpy)
         torch.Generator().set_state(rng['torch'])
+        cuda = rng.get('cuda')
+        cuda = cuda if isinstance(cuda, (list, tuple)) else [cuda]  # the previous format: one per visible GPU
+        if not all(c is None or (isinstance(c, torch.Tensor) and c.dtype == torch.uint8) for c in cuda):
+            return 'rng.cuda is not a CUDA generator state'
     except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as error:
         return f'its RNG state does not restore ({type(error).__name__})'
     return None

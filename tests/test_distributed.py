@@ -23,8 +23,10 @@ import train
 import train_sdclr
 from data.sampler import EpochBatchSampler
 from distributed import GlobalBatchNorm, global_batch_norm
+from metrics import read_metrics
 from models import build_model
 from utils import InputError
+from test_run_failures import small_probe_args  # noqa: F401 (a fixture)
 from test_train import load, tiny_split
 
 METHODS = {'SimCLR': [], 'BCL-I': ['--bcl', '--rand_k', '1'], 'SDCLR': [], 'BCL-D': ['--bcl', '--rand_k', '2']}
@@ -66,10 +68,22 @@ def nan_weight(model):
         model.module.projector.fc1.weight[0, 0] = float('nan')
 
 
-def launch(world_size, method, argv, poison_at=None):
+def rank_main_signalled_in_probe(rank, world_size, port, method, argv, poison_at=None):
+    """rank_main where rank 0 gets a SIGTERM as its in-training probe starts (the probe runs on rank 0 alone)."""
+    real_probe = train.full_shot_eval
+
+    def probe(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_probe(*args, **kwargs)
+    if rank == 0 and poison_at:
+        train.full_shot_eval = probe
+    rank_main(rank, world_size, port, method, argv)
+
+
+def launch(world_size, method, argv, poison_at=None, target=rank_main):
     """Runs `world_size` processes (spawned, as torchrun's are separate) and returns their exit codes."""
     context, port = multiprocessing.get_context('spawn'), free_port()
-    processes = [context.Process(target=rank_main, args=(rank, world_size, port, method, argv, poison_at))
+    processes = [context.Process(target=target, args=(rank, world_size, port, method, argv, poison_at))
                  for rank in range(world_size)]
     for p in processes:
         p.start()
@@ -174,6 +188,17 @@ def test_a_signal_to_one_rank_stops_every_rank_resumably(argv_of, runs, tmp_path
     assert state['progress']['epoch'] == 2 and state['progress']['step'] == 1
     assert launch(1, method, argv + ['--resume']) == [0]
     assert difference(load(runs[method] / 'w1' / 'model.pt'), load(tmp_path / 'stopped' / 'model.pt')) <= TOLERANCE
+
+
+def test_a_probe_cut_short_on_rank_0_stops_every_rank_alike(small_probe_args, tmp_path):
+    """The last epoch's probe (rank 0 alone runs it) is cut by a SIGTERM: every rank stops with 143
+    (none runs on alone or waits in a collective), and a 2-process --resume runs the probe and ends."""
+    argv = ['cut'] + small_probe_args(tmp_path, epochs=1)
+    assert launch(2, 'SimCLR', argv, poison_at=True, target=rank_main_signalled_in_probe) == [143, 143]
+    assert 'probe' not in read_metrics(tmp_path / 'cut' / 'metrics.jsonl')[0]
+    assert launch(2, 'SimCLR', argv + ['--resume']) == [0, 0]
+    (record,) = read_metrics(tmp_path / 'cut' / 'metrics.jsonl')
+    assert 0 <= record['probe']['top1'] <= 100
 
 
 def test_a_nan_on_one_rank_stops_every_rank_with_the_same_error(argv_of, tmp_path, capfd):

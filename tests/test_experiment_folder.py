@@ -115,7 +115,7 @@ def test_a_checkpoint_of_another_folder_never_replaces_a_run(base_args, tmp_path
     resume = ['B'] + base_args(tmp_path / 'other', epochs=2) + ['--resume', '--checkpoint',
                                                                  os.path.join(src, 'model_1.pt')]
     message = one_line_error(train.main, resume, capsys)
-    assert f'{b} holds a run of its own (3 checkpoint(s))' in message
+    assert f'{b} holds a run of its own (model.pt, model_1.pt, model_2.pt, metrics.jsonl)' in message
     assert 'a new experiment name' in message and '--overwrite' in message
     assert file_bytes(b) == before
 
@@ -127,6 +127,11 @@ def test_a_checkpoint_of_another_folder_never_replaces_a_run(base_args, tmp_path
     history, src_history = read_metrics(os.path.join(b, 'metrics.jsonl')), read_metrics(os.path.join(src, 'metrics.jsonl'))
     assert [r['epoch'] for r in history] == [1, 2] and history[0] == src_history[0]  # SRC's epoch 1, copied
     assert not (tmp_path / 'other' / 'B' / 'model_1.pt').exists()  # B's own run is gone
+
+    (tmp_path / 'other' / 'D').mkdir()  # the history of a run killed before its first checkpoint is a run too
+    (tmp_path / 'other' / 'D' / 'metrics.jsonl').write_text('{"epoch": 1, "loss": 5.0}\n')
+    message = one_line_error(train.main, ['D'] + resume[1:], capsys)
+    assert 'holds a run of its own (metrics.jsonl)' in message
 
     clean = ['C'] + base_args(tmp_path / 'other', epochs=2) + ['--resume', '--checkpoint',
                                                                 os.path.join(src, 'model_1.pt')]

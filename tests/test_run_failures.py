@@ -270,8 +270,56 @@ def test_torch_writer_failures_are_said_in_words(tmp_path, monkeypatch):
     with pytest.raises(utils.InputError) as error:
         checkpoint.save({'w': torch.ones(2)}, str(tmp_path / 'model.pt'))
     assert 'inline_container' not in str(error.value) and 'enforce fail' not in str(error.value)
-    assert '(the write failed: the disk may be full or read-only)' in str(error.value)
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    assert (('No space left on device (' if free < 2 ** 26 else '(the write failed: the disk may be full or read-only)')
+            in str(error.value))
     assert os.listdir(tmp_path) == []
+    monkeypatch.setattr(checkpoint.torch, 'save', lambda *a, **k: (_ for _ in ()).throw(RuntimeError('no pickling')))
+    with pytest.raises(utils.InputError, match=r'\(no pickling\)'):  # not torch's writer: its own words
+        checkpoint.save({'w': torch.ones(2)}, str(tmp_path / 'model.pt'))
+
+
+def test_only_a_worker_killed_under_the_loader_is_called_a_memory_problem():
+    from preemption import loader_worker_death
+    assert loader_worker_death(RuntimeError('DataLoader worker (pid 7) is killed by signal: Killed. '))
+    assert loader_worker_death(RuntimeError('DataLoader worker (pid(s) 7) exited unexpectedly'))
+    bug = RuntimeError('Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback: ...')
+    assert loader_worker_death(bug) is None and loader_worker_death(ValueError('exited unexpectedly')) is None
+
+
+def test_a_folder_without_locks_warns_and_a_full_one_is_one_line(tmp_path, monkeypatch, capsys):
+    import fcntl
+    import folder_lock
+    real_flock = fcntl.flock
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(folder_lock.fcntl, 'flock', no_locks)
+    with folder_lock.FolderLock(str(tmp_path)):
+        assert 'cannot be locked (No locks available): nothing stops a second run' in capsys.readouterr().err
+    monkeypatch.setattr(folder_lock.fcntl, 'flock', real_flock)
+
+    def full(fd, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(folder_lock.os, 'ftruncate', full)  # writing the holder's name into the lock file
+    with pytest.raises(utils.InputError, match=f'cannot lock {tmp_path} \\(No space left on device\\)'):
+        folder_lock.FolderLock(str(tmp_path)).acquire()
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == [] and not folder_lock._held  # released, its file gone
+
+
+def test_a_forked_loader_worker_does_not_hold_the_lock(tmp_path):
+    import folder_lock
+    with folder_lock.FolderLock(str(tmp_path)) as lock:
+        child = os.fork()
+        if child == 0:  # a loader worker: its copy of the lock's descriptor is closed
+            try:
+                os.fstat(lock.fd)
+                os._exit(1)
+            except OSError:
+                os._exit(0)
+        assert os.waitpid(child, 0)[1] == 0
+        assert os.fstat(lock.fd)  # the parent still holds it
 
 
 # ----------------------------------------------------------------------------- loader workers

@@ -274,7 +274,11 @@ def test_output_that_would_replace_the_checkpoint_is_refused(tiny, checkpoints, 
     expect_error(['--checkpoint', str(ckpt), '--test_fullshot', '--output', str(tmp_path / 'other.PT')], tiny, capsys,
                  f'--output {tmp_path / "other.PT"} ends in .pt, the name of a checkpoint: pass a .json path')
     assert not (tmp_path / 'other.PT').exists()
-    assert sorted(os.listdir(tmp_path)) == ['hard.json', 'link.json', 'model.pt']
+    shutil.copy(ckpt, tmp_path / 'weights.json')  # a torch file under another name: not overwritten either
+    expect_error(['--checkpoint', str(ckpt), '--test_fullshot', '--output', str(tmp_path / 'weights.json')], tiny,
+                 capsys, f'--output {tmp_path / "weights.json"} holds a saved torch file (a checkpoint?)')
+    assert (tmp_path / 'weights.json').read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ['hard.json', 'link.json', 'model.pt', 'weights.json']
 
 
 def test_results_write_is_atomic_and_per_process(tmp_path):
