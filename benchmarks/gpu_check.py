@@ -4,8 +4,11 @@
     python benchmarks/gpu_check.py --smoke --output DIR    # the same parts on the CPU, tiny sizes (CI, < 3 min)
 
 Each part runs in its own process under its own time budget (seconds, below), in order; the
-whole run stops starting parts at TOTAL_S. A part that runs past its budget is killed and
-recorded "cut short" with its seconds and the figures it had written; a failure is "failed"
+whole run stops starting parts at TOTAL_S. A part that runs past its budget is killed with its
+whole process group and recorded "cut short" with its seconds and the figures it had written
+(its own commands get a few seconds less, so that it can write them; the CUDA tests keep their
+outcomes so far); a stale figures file of an earlier run into DIR is removed first, and the
+report is rewritten after every part; a failure is "failed"
 with the last lines of its output; else "passed". DIR/report.json holds the machine, GPU, torch,
 CUDA and cuDNN versions, the start time and every part {name, status, seconds, budget_s,
 figures}; DIR/report.md the same tables as the README (benchmarks/report.py). The exit status
@@ -26,6 +29,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -46,9 +50,9 @@ from utils import fail  # noqa: E402
 
 TOTAL_S = 480  # 8 minutes on one H100/H200
 BUDGETS = {  # seconds on a GPU; --smoke: the CPU budgets
-    'cuda_tests': (150, 30), 'quick_start': (40, 60), 'training': (160, 35), 'device_augment': (15, 12),
-    'checkpoint': (15, 15), 'torchrun': (45, 45), 'test_py': (25, 20), 'probe': (20, 12)}
-SMOKE_TOTAL_S = 175
+    'cuda_tests': (170, 30), 'quick_start': (45, 60), 'training': (165, 35), 'device_augment': (15, 12),
+    'checkpoint': (15, 15), 'torchrun': (35, 50), 'test_py': (20, 25), 'probe': (15, 12)}
+SMOKE_TOTAL_S = 180
 TRAIN_METHODS = ('BCL-D', 'SimCLR')
 TRAIN_CONFIGS = ('baseline', 'baseline_fp32', 'default', 'tf32', 'all', 'all_gpu_aug')
 SMOKE_TRAIN = {'BCL-D': ('baseline', 'gpu_aug'), 'SimCLR': ('default',)}  # no bf16 / compile on 2 CPU cores
@@ -61,14 +65,25 @@ SMOKE_QUICK_START = (  # (README text, --smoke text)
     ('--epochs 2', '--epochs 1'), ('--eval_freq 2', '--eval_freq 0'), ('--batch_size 64', '--batch_size 16'),
     ('--test_50shot', '--test_50shot --probe_epochs 5'))
 TAIL = 3000  # characters of a failed part's output kept
+CUT_SHORT = 3  # a part process's exit status when its own command ran out of time
 
 
 # ----------------------------------------------------------------------------- the parts (each in its own process)
 
 def run_command(command, timeout, cwd=ROOT, env=None):
-    """A command's (exit status, output); raises subprocess.TimeoutExpired past `timeout`."""
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    return done.returncode, done.stdout + done.stderr
+    """A command's (exit status, output: stdout and stderr together); past `timeout` its whole
+    process group is killed (its children too: pytest's, torchrun's ranks, the quick start's
+    scripts), so nothing of a part cut short runs on while later parts are timed, and
+    subprocess.TimeoutExpired is raised with the output so far."""
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        raise subprocess.TimeoutExpired(command, timeout, output=output) from None
+    return process.returncode, output
 
 
 def checked(command, timeout, **kwargs):
@@ -86,12 +101,24 @@ def part_cuda_tests(ctx):
     """The device-parametrised tests on cuda:0 (their `[cuda]` ids); --smoke: two quick `[cpu]` ones."""
     selection = (['tests/test_speed.py', '-k', 'channels_last and cpu and dtype0 and simclr'] if ctx.smoke
                  else ['tests', '-k', 'cuda'])
-    code, output = run_command([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider'] + selection,
-                               ctx.budget)
-    counts = {k: int(v) for v, k in re.findall(r'(\d+) (passed|failed|skipped|errors?|deselected)', output)}
-    ctx.write(counts)
-    if code or not counts.get('passed'):
+    command = [sys.executable, '-m', 'pytest', '-v', '-p', 'no:cacheprovider', '--tb=short'] + selection
+    try:
+        code, output = run_command(command, ctx.budget)
+    except subprocess.TimeoutExpired as expired:  # keep the outcomes so far, then report the cut
+        ctx.write(test_outcomes(expired.output or ''))
+        raise
+    outcomes = test_outcomes(output)
+    ctx.write(outcomes)
+    if code or not outcomes.get('passed'):
         raise PartFailed(output[-TAIL:])
+
+
+def test_outcomes(output):
+    """{'passed': n, 'failed': n, 'skipped': n, 'skipped_tests': [ids]} from pytest -v's lines."""
+    found = re.findall(r'^(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR)', output, flags=re.M)
+    outcomes = {word.lower(): sum(1 for _, w in found if w == word) for word in ('PASSED', 'FAILED', 'SKIPPED', 'ERROR')}
+    outcomes['skipped_tests'] = [test for test, word in found if word == 'SKIPPED']
+    return outcomes
 
 
 def quick_start_commands(smoke):
@@ -102,6 +129,7 @@ def quick_start_commands(smoke):
     block = re.search(r'\n\n((?:    [^\n]*\n)+)', section).group(1)  # its first indented block
     command = ' '.join(block.replace('\\\n', ' ').split())
     command = command.replace('pip install -r requirements.txt && ', '')
+    assert 'pip ' not in command, 'the README quick start installs something: update quick_start_commands'
     if smoke:  # tiny data, 1 epoch, no in-training probe (the probe part times it), probes of 5 epochs
         for old, new in SMOKE_QUICK_START:
             assert old in command, f'the README quick start no longer has {old!r}: update SMOKE_QUICK_START'
@@ -277,22 +305,28 @@ def run_part_here(name, folder, smoke, budget):
     except PartFailed as error:
         print(str(error)[-TAIL:], file=sys.stderr)
         sys.exit(1)
+    except subprocess.TimeoutExpired as expired:  # its own command ran out of the part's budget
+        print(f'{" ".join(map(str, expired.cmd[:4]))} ... ran past {expired.timeout} s:\n'
+              f'{(expired.output or "")[-TAIL:]}', file=sys.stderr)
+        sys.exit(CUT_SHORT)
 
 
 # ----------------------------------------------------------------------------- the driver
 
 def run_part(name, folder, smoke, budget):
     """One part in its own process under `budget` seconds -> its report entry."""
-    command = [sys.executable, os.path.abspath(__file__), '--part', name, '--output', folder, '--budget', str(budget)]
+    command = [sys.executable, os.path.abspath(__file__), '--part', name, '--output', folder,
+               '--budget', str(budget - min(8, max(2, budget // 5)))]  # its commands end first: figures get written
+    path = os.path.join(folder, 'parts', f'{name}.json')
+    if os.path.exists(path):  # a previous run's figures into the same DIR are never reported as this run's
+        os.remove(path)
     start = time.perf_counter()
     try:
         code, output = run_command(command + (['--smoke'] if smoke else []), budget)
-        status = 'passed' if code == 0 else 'failed'
+        status = {0: 'passed', CUT_SHORT: 'cut short'}.get(code, 'failed')
     except subprocess.TimeoutExpired as expired:
-        status, output = 'cut short', (expired.stdout or b'').decode(errors='replace') if isinstance(
-            expired.stdout, bytes) else (expired.stdout or '')
+        status, output = 'cut short', expired.output or ''
     entry = {'name': name, 'status': status, 'seconds': time.perf_counter() - start, 'budget_s': budget}
-    path = os.path.join(folder, 'parts', f'{name}.json')
     entry['figures'] = json.load(open(path)) if os.path.exists(path) else {}
     if status != 'passed':
         entry['output_tail'] = output[-TAIL:]
@@ -315,6 +349,16 @@ def check_sane(result):
     bench.check_sane({'training': result['parts'][2]['figures']['rows'], 'eval': [], 'loader': [],
                       'checkpoint': result['parts'][4]['figures']['rows'],
                       'device_augment': result['parts'][3]['figures']['rows']})
+
+
+def write_report(result, folder):
+    """DIR/report.json and DIR/report.md of the parts run so far; returns the markdown."""
+    with open(os.path.join(folder, 'report.json'), 'w') as f:
+        json.dump(result, f, indent=1)
+    markdown = report.render(result)
+    with open(os.path.join(folder, 'report.md'), 'w') as f:
+        f.write(markdown)
+    return markdown
 
 
 def main(argv=None):
@@ -354,12 +398,10 @@ def main(argv=None):
         entry = run_part(name, args.output, args.smoke, int(min(budget, left)))
         result['parts'].append(entry)
         print(f'{name:15} {entry["status"]:9} {entry["seconds"]:6.1f} s (budget {budget} s)', flush=True)
+        result['seconds'] = time.time() - started
+        write_report(result, args.output)  # after every part: a killed run still leaves its report
     result['seconds'] = time.time() - started
-    with open(os.path.join(args.output, 'report.json'), 'w') as f:
-        json.dump(result, f, indent=1)
-    markdown = report.render(result)
-    with open(os.path.join(args.output, 'report.md'), 'w') as f:
-        f.write(markdown)
+    markdown = write_report(result, args.output)
     print(markdown)
     print(f'{args.output}/report.json and report.md written in {result["seconds"]:.0f} s')
     if args.smoke:

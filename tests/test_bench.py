@@ -3,6 +3,7 @@ input refused before any measurement, and the README's GPU section generated fro
 report, not typed by hand."""
 import os
 import sys
+import time
 
 import pytest
 import torch
@@ -81,3 +82,18 @@ def test_legacy_ratios_are_lower_bounds_against_the_tf32_row():
     assert {status[n] for n in ('device_augment', 'torchrun', 'checkpoint', 'cuda_tests')} == {'not measured'}
     markdown = report.render(legacy)
     assert 'EXTRAPOLATED' in markdown and '≥ 1.81x' in markdown and 'not yet measured on a GPU' in markdown
+
+
+def test_a_part_cut_short_leaves_no_process_behind():
+    """gpu_check's budget kills a part's whole process group (pytest's workers, torchrun's ranks, a
+    script's children), so nothing of it runs on while later parts are timed; the output so far is kept."""
+    import subprocess
+    import gpu_check
+    with pytest.raises(subprocess.TimeoutExpired) as cut:
+        gpu_check.run_command(['bash', '-c', 'sleep 60 & echo $!; wait'], timeout=2)
+    child = int(cut.value.output.split()[0])
+    for _ in range(50):  # reaped by init once killed
+        if not os.path.exists(f'/proc/{child}') or open(f'/proc/{child}/stat').read().split()[2] == 'Z':
+            break
+        time.sleep(0.1)
+    assert not os.path.exists(f'/proc/{child}') or open(f'/proc/{child}/stat').read().split()[2] == 'Z'
