@@ -421,12 +421,14 @@ def bench_probes(data, args, device):
     test_features = torch.randn(len(test_labels), 512, generator=generator).to(device)
     linear_probe(features[:1000], labels[:1000], test_features, test_labels, epochs=1)  # warm-up
     scale = PROBE_EPOCHS / args.probe_epochs
+    set_cuda_math({}, device)  # test.py's default: exact float32, whatever the last training row set
     stacked, _ = timed(lambda: test_script.run_probes(features, labels, test_features, test_labels, pool,
                                                       data.index_sets, args.probe_epochs, 0, data.class_counts,
                                                       verbose=False), device)
     rows = torch.as_tensor(np.searchsorted(pool, data.index_sets['fullshot'][0]), device=device)
     fullshot_s = scale * timed(lambda: linear_probe(features[rows], labels[rows], test_features, test_labels,
                                                     epochs=args.probe_epochs), device)[0]  # train.py's probe
+    set_published_math()  # the published loop as it runs on today's torch (float32 matmuls)
     published = 0.0  # the published loop: each probe alone
     for sets in data.index_sets.values():
         for subset in sets:
