@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from data.cifar100 import NUM_CLASSES, EvalCIFAR100
+from data.benchmarks import DEFAULT, class_groups, get_benchmark
 from preemption import check, ignore_in_worker, workers_start_shielded
 from split.resolve import load_split, protocol_files
 from utils import InputError
@@ -191,7 +191,7 @@ def probe_accuracy(weight, bias, features, labels, num_class):
     return [{'top1': a, 'top5': b, 'per_class': c} for a, b, c in zip(top1, top5, per_class)]
 
 
-def linear_probe(train_features, train_labels, test_features, test_labels, num_class=NUM_CLASSES,
+def linear_probe(train_features, train_labels, test_features, test_labels, num_class=100,
                  epochs=PROBE_EPOCHS, seed=0, desc=None, stop=None):
     """One probe on all training features: {'top1', 'top5', 'per_class'} on the test features."""
     rows = torch.arange(len(train_features), device=train_features.device)
@@ -199,38 +199,32 @@ def linear_probe(train_features, train_labels, test_features, test_labels, num_c
     return probe_accuracy(weight, bias, test_features, test_labels, num_class)[0]
 
 
-def class_groups(class_counts):
-    """Design 6: (many, medium, few), arrays of class ids. Classes are sorted by their count in
-    D_i, descending; ties keep ascending class order (stable sort). For C classes, Medium and Few
-    get C // 3 classes each and Many the rest: 34/33/33 for 100."""
-    order = np.argsort(-np.asarray(class_counts), kind='stable')
-    third = len(order) // 3
-    return tuple(np.split(order, [len(order) - 2 * third, len(order) - third]))
-
-
-def group_accuracy(per_class_acc, class_counts):
-    """Design 6: {'many', 'medium', 'few', 'std'} from per-class accuracy and D_i class counts
-    (class_groups). Std is the population std (numpy default) of the three group means."""
+def group_accuracy(per_class_acc, class_counts, rule=class_groups):
+    """Design 6: {'many', 'medium', 'few', 'std'} from per-class accuracy and D_i class counts, grouped
+    by the benchmark's `rule` (data.benchmarks.class_groups on CIFAR). Std is the population std (numpy default) of the three group means."""
     per_class_acc, class_counts = np.asarray(per_class_acc, dtype=np.float64), np.asarray(class_counts)
     if per_class_acc.shape != class_counts.shape or per_class_acc.ndim != 1:
         raise ValueError(f'need one accuracy per class count, got {per_class_acc.shape} and {class_counts.shape}')
-    groups = {name: float(per_class_acc[ids].mean()) for name, ids in zip(GROUPS, class_groups(class_counts))}
+    groups = {name: float(per_class_acc[ids].mean()) for name, ids in zip(GROUPS, rule(class_counts))}
     groups['std'] = float(np.std([groups['many'], groups['medium'], groups['few']]))
     return groups
 
 
-def prepare_full_shot(data_folder, train_split, disable_hint=None):
-    """Resolve and read everything the full-shot probe of `train_split` (a D_i name) needs, so
-    that a missing file fails before training: {'train_set' (its family's train list),
-    'test_set' (the 10,000 test images), 'class_counts' (of D_i, for Many/Medium/Few)}.
-    `disable_hint` (e.g. '--eval_freq 0') is added to errors: how to run without the probe."""
+def prepare_full_shot(data_folder, train_split, disable_hint=None, benchmark=None):
+    """Resolve and read everything the full-shot probe of `train_split` (a D_i name of `benchmark`,
+    default CIFAR-100-LT) needs, so that a missing file fails before training: {'train_set' (its
+    family's train list), 'test_set' (the test images), 'class_counts' (of D_i, for Many/Medium/Few),
+    'benchmark'}. `disable_hint` (e.g. '--eval_freq 0') is added to errors: how to run without the probe."""
+    benchmark = benchmark or get_benchmark(DEFAULT)
     try:
-        train_set = EvalCIFAR100(data_folder, train=True)
-        train_idx = load_split(protocol_files(train_split)['train'], len(train_set))
-        class_counts = np.bincount(train_set.labels[load_split(train_split, len(train_set))],
-                                   minlength=NUM_CLASSES)
-        return {'train_set': Subset(train_set, train_idx), 'test_set': EvalCIFAR100(data_folder, train=False),
-                'class_counts': class_counts}
+        train_set = benchmark.eval_dataset(data_folder, train=True)
+        labels = train_set.labels
+        train_idx = load_split(protocol_files(train_split, benchmark)['train'], len(labels), labels=labels,
+                               benchmark=benchmark)
+        class_counts = np.bincount(labels[load_split(train_split, len(labels), labels=labels, benchmark=benchmark)],
+                                   minlength=benchmark.num_classes)
+        return {'train_set': Subset(train_set, train_idx), 'test_set': benchmark.eval_dataset(data_folder, train=False),
+                'class_counts': class_counts, 'benchmark': benchmark}
     except InputError as error:
         if disable_hint is None:
             raise
@@ -240,7 +234,7 @@ def prepare_full_shot(data_folder, train_split, disable_hint=None):
 def full_shot_eval(model, probe_data, device, probe_epochs=PROBE_EPOCHS, seed=0, num_workers=0, amp='none',
                    channels_last=False, stop=None):
     """Full-shot probe of design 6 on `probe_data` (prepare_full_shot): trained on the train list,
-    tested on the 10,000 test images. Returns {'top1', 'top5', 'per_class', 'many', 'medium',
+    tested on the test images. Returns {'top1', 'top5', 'per_class', 'many', 'medium',
     'few', 'std'}. `amp` and `channels_last` act on the feature pass, as in extract_features. A signal
     on `stop` (train.py's StopRequest) raises preemption.Stopped within a batch or a probe epoch."""
     speed = {'num_workers': num_workers, 'amp': amp, 'channels_last': channels_last, 'stop': stop}
@@ -248,6 +242,7 @@ def full_shot_eval(model, probe_data, device, probe_epochs=PROBE_EPOCHS, seed=0,
                                                     desc='features (train list)', **speed)
     test_features, test_labels = extract_features(model, probe_data['test_set'], device,
                                                   desc='features (test set)', **speed)
-    result = linear_probe(train_features, train_labels, test_features, test_labels, NUM_CLASSES,
+    benchmark = probe_data['benchmark']
+    result = linear_probe(train_features, train_labels, test_features, test_labels, benchmark.num_classes,
                           probe_epochs, seed, desc='full-shot probe', stop=stop)
-    return {**result, **group_accuracy(result['per_class'], probe_data['class_counts'])}
+    return {**result, **group_accuracy(result['per_class'], probe_data['class_counts'], benchmark.groups)}

@@ -17,7 +17,8 @@ import sys
 import numpy as np
 
 from checkpoint import temp_path
-from eval_cifar import GROUPS, class_groups
+from data.benchmarks import class_groups
+from eval_cifar import GROUPS
 from utils import InputError, WriteFailed
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)

@@ -24,7 +24,8 @@ matplotlib.use('Agg')  # headless: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from eval_cifar import GROUPS, class_groups  # noqa: E402
+from data.benchmarks import class_groups
+from eval_cifar import GROUPS  # noqa: E402
 from metrics import read_metrics  # noqa: E402
 from utils import ArgumentParser, InputError, fail  # noqa: E402
 

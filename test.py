@@ -1,13 +1,21 @@
-"""Linear-probe evaluation of a pre-trained checkpoint (design 6), and the paper's table (design 7).
+"""Linear-probe evaluation of a pre-trained checkpoint (design 6, 9.4), and the papers' tables (design 7).
 
     python test.py --checkpoint checkpoints/BCL_D/model_2000.pt --prune --test_fullshot \
         --test_100shot --test_50shot --data_folder DATA --model resnet18 --seed 10 --gpus 0 \
         --num_workers 8 --prune_percent 0.9
 
-One feature pass: the features of every train image some probe needs (the union of the
-train list and the shot subsets of the split's family) and of the 10,000 test images are
-extracted once; the full-shot probe and the five 100-shot and five 50-shot probes (each shot
-count trained together, eval_cifar.train_probes) reuse them. Prints a table and a markdown
+`--dataset` (default: the checkpoint's, else cifar100) picks the benchmark (data/benchmarks/);
+`--protocol` the evaluation: `bcl` (default, design 6) or `sdclr` (design 9.4, eval_sdclr.py: a linear
+layer trained on the frozen backbone with augmented views, SGD lr 30, 30 / 100 epochs).
+`--test_fewshot` probes SDCLR's five S_b subsets (CIFAR-10-LT's few-shot sets; CIFAR-100-LT has them too).
+
+    python test.py --dataset cifar10 --protocol sdclr --checkpoint checkpoints/SDCLR_C10/model.pt --prune \
+        --test_fullshot --test_fewshot --data_folder DATA
+
+Design 6's protocol makes one feature pass: the features of every train image some probe needs (the
+union of the train list and the probe subsets of the split's family) and of the test images are
+extracted once; the full-shot probe and each group's five probes (trained together,
+eval_cifar.train_probes) reuse them. Prints a table and a markdown
 row in design 7's layout next to the published numbers, and writes every number as JSON to
 --output (default: <checkpoint without extension>_results.json beside the checkpoint; never the
 checkpoint itself or a .pt), atomically, with the checkpoint's epoch and mid-epoch progress.
@@ -18,8 +26,9 @@ the evaluation is the faithful float32 path.
 
     python test.py --table results/*.json
 
-prints design 7's table from several results files: one row per method, each cell the mean
-+- population std over the files of that method (e.g. the five splits).
+prints design 7's table from several results files: one table per dataset and protocol (never
+mixed), one row per method, each cell the mean +- population std over the files of that method
+(e.g. the five splits).
 """
 import json
 import numbers
@@ -29,33 +38,40 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from data.cifar100 import NUM_CLASSES, EvalCIFAR100
 import checkpoint as checkpoint_files
+from data.benchmarks import BENCHMARKS, DEFAULT, benchmark_of, class_groups, get_benchmark
 from eval_cifar import PROBE_EPOCHS, extract_features, group_accuracy, probe_accuracy, train_probes
+from eval_sdclr import FEW_SHOT as SDCLR_FEW_SHOT, FULL_SHOT as SDCLR_FULL_SHOT, sdclr_probe
 from models import build_model, load_pretrained
 from preemption import loader_worker_death
 from split.resolve import load_split, protocol_files
 from utils import ArgumentParser, InputError, compile_model, fail, get_device, int_in, set_cudnn, set_seed
 
-DEFAULT_SPLIT = 'cifar100_imbSub_with_subsets/cifar100_split1_D_i.npy'
 METHODS = ('SimCLR', 'SDCLR', 'BCL-I', 'BCL-D')
 PUBLISHED = {'SimCLR': (50.7, 46.3, 42.4), 'SDCLR': (55.0, 49.7, 45.6),  # design 7: full, 100, 50-shot
              'BCL-I': (55.7, 50.1, 45.8), 'BCL-D': (58.7, 52.6, 48.7)}
-SHOTS = (100, 50)
-COLUMNS = ('full-shot', '100-shot', '50-shot', 'Many', 'Medium', 'Few', 'Std')
+PROBE_GROUPS = ('100shot', '50shot', 'fewshot')  # the subset groups (data.benchmarks: Benchmark.probe_sets)
+GROUP_NAMES = {'fullshot': 'full-shot', '100shot': '100-shot', '50shot': '50-shot', 'fewshot': 'few-shot'}
+PROTOCOL_GROUPS = {'bcl': ('fullshot',) + PROBE_GROUPS, 'sdclr': ('fullshot', 'fewshot')}
 FULLSHOT_KEYS = ('top1', 'top5', 'many', 'medium', 'few', 'std')
 
 
 def get_parser():
     parser = ArgumentParser(description='Linear-probe evaluation of a BCL/SDCLR checkpoint '
-                                                 '(design 6), or the paper table from results files.')
+                                                 '(design 6, 9.4), or the papers\' tables from results files.')
     parser.add_argument('--checkpoint', default='', help='checkpoint to evaluate (ours, or a published one)')
     parser.add_argument('--prune', action='store_true', help='the checkpoint holds an SDCLR model (SDCLR, BCL-D)')
     parser.add_argument('--test_fullshot', action='store_true', help='probe on the train list (+ Many/Medium/Few)')
     parser.add_argument('--test_100shot', action='store_true', help='probes on the five 100-shot subsets')
     parser.add_argument('--test_50shot', action='store_true', help='probes on the five 50-shot subsets')
-    parser.add_argument('--data_folder', default='', help="folder holding torchvision's cifar-100-python/")
-    parser.add_argument('--dataset', default='cifar100', choices=['cifar100'], help='accepted as published')
+    parser.add_argument('--test_fewshot', action='store_true', help="probes on SDCLR's five few-shot subsets S_b")
+    parser.add_argument('--data_folder', default='',
+                        help="folder holding torchvision's cifar-100-python/ (cifar10: cifar-10-batches-py/)")
+    parser.add_argument('--dataset', default=None, choices=sorted(BENCHMARKS),
+                        help=f"the benchmark; default: the checkpoint's, else {DEFAULT}")
+    parser.add_argument('--protocol', default='bcl', choices=sorted(PROTOCOL_GROUPS),
+                        help='bcl: design 6 (linear probes on frozen features); sdclr: design 9.4 (SDCLR\'s '
+                             'linear layer on augmented views, SGD lr 30)')
     parser.add_argument('--save_dir', default='', help='accepted as published, unused (see --output)')
     parser.add_argument('--model', default=None, choices=['resnet18', 'resnet50'],
                         help="network; default: the checkpoint's, else resnet18")
@@ -68,10 +84,11 @@ def get_parser():
     parser.add_argument('--trainSplit', default=None,
                         help="pre-training split D_i (its family's train list and shot subsets are probed, "
                              "its class counts define Many/Medium/Few); default: the checkpoint's, "
-                             f'else {DEFAULT_SPLIT}')
+                             "else the benchmark's split 1")
     parser.add_argument('--output', default=None,
                         help='results JSON; default: <checkpoint without extension>_results.json')
-    parser.add_argument('--probe_epochs', type=int_in(1), default=PROBE_EPOCHS, help='epochs of each linear probe')
+    parser.add_argument('--probe_epochs', type=int_in(1), default=PROBE_EPOCHS,
+                        help="epochs of each linear probe (design 6's; --protocol sdclr trains its published 30 / 100)")
     # Speed (issue 6): opt-in; the defaults are the faithful float32 path.
     parser.add_argument('--amp', default='none', choices=['none', 'bf16'],
                         help='bf16 autocast for feature extraction (features and probes stay float32)')
@@ -113,18 +130,56 @@ def mean_std(values):
     return float(np.mean(values)), float(np.std(values))
 
 
+def evaluation_inputs(args, checkpoint):
+    """(benchmark, pre-training split, network) of the evaluation: the flags, else what the checkpoint
+    recorded, else the defaults; a split of another benchmark is refused."""
+    saved = checkpoint.get('args') if isinstance(checkpoint, dict) else None
+    saved = saved if isinstance(saved, dict) else {}
+    name = args.dataset or saved.get('dataset') or DEFAULT
+    benchmark = get_benchmark(name) if name in BENCHMARKS else None
+    if benchmark is None:
+        raise InputError(f'{args.checkpoint} was trained on --dataset {name}, which this version does not know: '
+                         f'pass --dataset (one of {", ".join(sorted(BENCHMARKS))})')
+    same = saved.get('dataset', DEFAULT) == benchmark.name
+    if saved and not same and not args.trainSplit:
+        raise InputError(f'{args.checkpoint} was pre-trained on --dataset {saved.get("dataset", DEFAULT)}, not '
+                         f'{benchmark.name}: drop --dataset, or pass --trainSplit (a {benchmark.title} D_i, whose class '
+                         f'counts give Many/Medium/Few) to evaluate it on {benchmark.title}')
+    train_split = args.trainSplit or (saved.get('trainSplit') if same else None) or benchmark.default_split
+    owner = benchmark_of(os.path.normpath(train_split))
+    if owner is not None and owner is not benchmark:
+        raise InputError(f'--trainSplit {train_split} is a {owner.title} split, not {benchmark.title}: pass '
+                         f'--dataset {owner.name}, or a {benchmark.title} split')
+    return benchmark, train_split, args.model or saved.get('model') or 'resnet18'
+
+
+def wanted_groups(args, benchmark):
+    """The probe groups asked for, each checked against the benchmark and the protocol."""
+    groups = [g for g, flag in (('fullshot', args.test_fullshot), ('100shot', args.test_100shot),
+                                ('50shot', args.test_50shot), ('fewshot', args.test_fewshot)) if flag]
+    if not groups:
+        raise InputError('nothing to evaluate: pass at least one of --test_fullshot --test_100shot --test_50shot '
+                         '--test_fewshot')
+    if args.protocol not in benchmark.protocols:
+        raise InputError(f'{benchmark.title} has no --protocol {args.protocol}: use one of {", ".join(benchmark.protocols)}')
+    for group in groups:
+        if group != 'fullshot' and group not in benchmark.probe_sets:
+            have = ' '.join(f'--test_{g}' for g in benchmark.probe_sets)
+            raise InputError(f'{benchmark.title} has no {GROUP_NAMES[group]} subsets: its probe sets are {have}')
+        if group not in PROTOCOL_GROUPS[args.protocol]:
+            have = ' '.join(f'--test_{g}' for g in PROTOCOL_GROUPS[args.protocol])
+            raise InputError(f'--protocol {args.protocol} probes {have} (design 9.4), not --test_{group}')
+    return groups
+
+
 def evaluate(args, output):
     """Every requested probe of the checkpoint -> the results dict (main writes it to `output`)."""
-    if not (args.test_fullshot or args.test_100shot or args.test_50shot):
-        raise InputError('nothing to evaluate: pass at least one of --test_fullshot --test_100shot --test_50shot')
     checkpoint = read_checkpoint(args.checkpoint)
+    benchmark, train_split, network = evaluation_inputs(args, checkpoint)
+    groups = wanted_groups(args, benchmark)
     check_writable(output)
-    saved_args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
-    saved_args = saved_args if isinstance(saved_args, dict) else {}
     # published checkpoints record no method: only the family follows from --prune
     method = checkpoint.get('method', 'unknown') if isinstance(checkpoint, dict) else 'unknown'
-    train_split = args.trainSplit or saved_args.get('trainSplit') or DEFAULT_SPLIT
-    network = args.model or saved_args.get('model') or 'resnet18'
     trained = training_progress(checkpoint)
 
     device = get_device(args.gpus)
@@ -132,44 +187,85 @@ def evaluate(args, output):
     set_seed(args.seed)
     del checkpoint
     # by path, so that its errors name the file (it reads the file again: well under a second)
-    model = load_pretrained(build_model(args.prune, network, NUM_CLASSES), args.checkpoint)
+    model = load_pretrained(build_model(args.prune, network, benchmark.num_classes), args.checkpoint)
     model = model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
     if args.compile:
         compile_model(model, 'features')
 
     # every split first, so that a missing one fails before the slow part
-    train_set = EvalCIFAR100(args.data_folder, train=True)
-    files = protocol_files(train_split)
-    index_sets, class_counts = {}, None  # probe group -> list of index arrays into the CIFAR-100 train set
-    if args.test_fullshot:
-        index_sets['fullshot'] = [load_split(files['train'], len(train_set))]
-        class_counts = np.bincount(train_set.labels[load_split(train_split, len(train_set))],
-                                   minlength=NUM_CLASSES)
-    for shot, wanted in zip(SHOTS, (args.test_100shot, args.test_50shot)):
-        if wanted:
-            index_sets[f'{shot}shot'] = [load_split(f, len(train_set)) for f in files['shots'][shot]]
+    train_set = benchmark.eval_dataset(args.data_folder, train=True)
+    labels = train_set.labels
+    files = protocol_files(train_split, benchmark)
 
-    # one feature pass (issue 5.2): the union of every needed train index, and the test set
-    pool = np.unique(np.concatenate([s for sets in index_sets.values() for s in sets]))
-    test_set = EvalCIFAR100(args.data_folder, train=False)
-    print(f'extracting features of {len(pool)} train and {len(test_set)} test images on {device}', flush=True)
+    def load(name):
+        return load_split(name, len(labels), labels=labels, benchmark=benchmark)
+
+    class_counts = (np.bincount(labels[load(train_split)], minlength=benchmark.num_classes)
+                    if 'fullshot' in groups else None)  # D_i's counts: the full-shot probe's Many/Medium/Few
+    index_sets = {group: [load(files['train'])] if group == 'fullshot'
+                  else [load(f) for f in files['subsets'][benchmark.probe_sets[group]]] for group in groups}
+    test_set = benchmark.eval_dataset(args.data_folder, train=False)
+    results = {'method': method, 'model': 'SDCLR' if args.prune else 'SimCLR', 'network': network,
+               'dataset': benchmark.name, 'protocol': args.protocol,
+               'checkpoint': os.path.abspath(args.checkpoint), **trained, 'split': train_split, 'seed': args.seed,
+               'probe_epochs': args.probe_epochs if args.protocol == 'bcl' else None, 'amp': args.amp,
+               **{group: None for group in ('fullshot',) + PROBE_GROUPS}}
     speed = {'amp': args.amp, 'channels_last': args.channels_last}
+    if args.protocol == 'sdclr':
+        val_idx = load(files['val'])
+        results.update(sdclr_probes(model, train_set, test_set, val_idx, index_sets, benchmark, class_counts,
+                                    device, args.seed, **speed))
+        return results
+
+    # design 6: one feature pass (issue 5.2) over the union of every needed train index, and the test set
+    pool = np.unique(np.concatenate([s for sets in index_sets.values() for s in sets]))
+    print(f'extracting features of {len(pool)} train and {len(test_set)} test images on {device}', flush=True)
     train_features, train_labels = extract_features(model, Subset(train_set, pool), device, num_workers=args.num_workers,
                                                     desc='features (train)', **speed)
     test_features, test_labels = extract_features(model, test_set, device, num_workers=args.num_workers,
                                                   desc='features (test)', **speed)
-
-    results = {'method': method, 'model': 'SDCLR' if args.prune else 'SimCLR', 'network': network,
-               'checkpoint': os.path.abspath(args.checkpoint), **trained, 'split': train_split, 'seed': args.seed,
-               'probe_epochs': args.probe_epochs, 'amp': args.amp, 'fullshot': None, '100shot': None,
-               '50shot': None}
     results.update(run_probes(train_features, train_labels, test_features, test_labels, pool, index_sets,
-                              args.probe_epochs, args.seed, class_counts))
+                              args.probe_epochs, args.seed, class_counts, num_class=benchmark.num_classes,
+                              groups_rule=benchmark.groups))
     return results
 
 
+def sdclr_probes(model, train_set, test_set, val_idx, index_sets, benchmark, class_counts, device, seed, amp='none',
+                 channels_last=False):
+    """Design 9.4's SDCLR protocol for every probe group -> {group: results}: one linear layer per index set
+    (the full-shot train list, or each S_b), trained on augmented views of the frozen backbone and selected
+    on the val list (eval_sdclr.sdclr_probe; 30 epochs full-shot, 100 few-shot)."""
+    images, labels = torch.as_tensor(np.array(train_set.images)), torch.as_tensor(np.array(train_set.labels))
+    val = (images[val_idx], labels[val_idx])
+    test = (torch.as_tensor(np.array(test_set.images)), torch.as_tensor(np.array(test_set.labels)))
+    results = {}
+    for group, sets in index_sets.items():
+        schedule = SDCLR_FULL_SHOT if group == 'fullshot' else SDCLR_FEW_SHOT
+        print(f'training {len(sets)} {group} linear layer(s) for {schedule["epochs"]} epochs (SDCLR protocol)',
+              flush=True)
+        probes = [sdclr_probe(model, (images[idx], labels[idx]), val, test, benchmark.num_classes, device, seed=seed,
+                              amp=amp, channels_last=channels_last, desc=f'{group} {k}/{len(sets)}', **schedule)
+                  for k, idx in enumerate(sets, start=1)]
+        results[group] = {**group_results(group, probes, class_counts, benchmark.groups),
+                          'best_epoch': [p['best_epoch'] for p in probes], 'val_top1': [p['val_top1'] for p in probes]}
+    return results
+
+
+def group_results(group, accuracies, class_counts, groups_rule):
+    """One probe group's results: the full-shot probe's numbers with Many/Medium/Few (and per class, for
+    plot.py), or a subset group's top-1 per subset and their mean ± std."""
+    if group == 'fullshot':
+        acc = accuracies[0]
+        return {'top1': acc['top1'], 'top5': acc['top5'], **group_accuracy(acc['per_class'], class_counts, groups_rule),
+                'per_class': np.asarray(acc['per_class']).tolist(),
+                'class_counts': np.asarray(class_counts).tolist()}  # of D_i, for plot.py
+    top1 = [a['top1'] for a in accuracies]
+    mean, std = mean_std(top1)
+    return {'top1': top1, 'mean': mean, 'std': std, 'top5': [a['top5'] for a in accuracies]}
+
+
 def run_probes(train_features, train_labels, test_features, test_labels, pool, index_sets, probe_epochs, seed,
-               class_counts=None, verbose=True):
+               class_counts=None, verbose=True, num_class=100, groups_rule=class_groups):
     """Every probe group on the one feature pass -> {group: results}.
 
     `pool`: the sorted train indices whose features are the rows of `train_features`;
@@ -181,20 +277,10 @@ def run_probes(train_features, train_labels, test_features, test_labels, pool, i
         if verbose:
             print(f'training {len(sets)} {group} probe(s) for {probe_epochs} epochs', flush=True)
         rows = [np.searchsorted(pool, s) for s in sets]  # positions of each subset in the feature pool
-        weight, bias = train_probes(train_features, train_labels, rows, NUM_CLASSES, probe_epochs, seed,
+        weight, bias = train_probes(train_features, train_labels, rows, num_class, probe_epochs, seed,
                                     desc=f'{group} probes' if verbose else None)
-        accuracies = probe_accuracy(weight, bias, test_features, test_labels, NUM_CLASSES)
-        if group == 'fullshot':
-            acc = accuracies[0]
-            results[group] = {'top1': acc['top1'], 'top5': acc['top5'],
-                              **group_accuracy(acc['per_class'], class_counts),
-                              'per_class': acc['per_class'].tolist(),
-                              'class_counts': np.asarray(class_counts).tolist()}  # of D_i, for plot.py
-        else:
-            top1 = [a['top1'] for a in accuracies]
-            mean, std = mean_std(top1)
-            results[group] = {'top1': top1, 'mean': mean, 'std': std,
-                              'top5': [a['top5'] for a in accuracies]}
+        results[group] = group_results(group, probe_accuracy(weight, bias, test_features, test_labels, num_class),
+                                       class_counts, groups_rule)
     return results
 
 
@@ -263,30 +349,53 @@ def cell(values):
     return f'{mean:.2f} ± {std:.2f}'
 
 
-def markdown_table(rows):
-    """rows: [(label, [7 cells])] -> design 7's table in markdown."""
-    lines = ['| method | ' + ' | '.join(COLUMNS) + ' |', '|---' * (len(COLUMNS) + 1) + '|']
+def table_groups(benchmark_name, protocol, results_list=()):
+    """The probe-group columns of a table: design 7's full-shot, 100-shot, 50-shot on CIFAR-100-LT with
+    design 6's protocol (few-shot added when a file has it); otherwise full-shot and the benchmark's
+    groups under the protocol."""
+    benchmark = get_benchmark(benchmark_name)
+    groups = [g for g in PROTOCOL_GROUPS[protocol] if g == 'fullshot' or g in benchmark.probe_sets]
+    if (benchmark_name, protocol) == (DEFAULT, 'bcl') and not any(r.get('fewshot') for r in results_list):
+        groups.remove('fewshot')
+    return groups
+
+
+def markdown_table(rows, groups):
+    """rows: [(label, cells)] -> a table of the groups' top-1 and the full-shot Many/Medium/Few/Std."""
+    columns = [GROUP_NAMES[g] for g in groups] + ['Many', 'Medium', 'Few', 'Std']
+    lines = ['| method | ' + ' | '.join(columns) + ' |', '|---' * (len(columns) + 1) + '|']
     return '\n'.join(lines + [f'| {label} | ' + ' | '.join(cells) + ' |' for label, cells in rows])
 
 
-def published_rows(methods):
-    return [(f'{m} (published)', [f'{v:.1f}' for v in PUBLISHED[m]] + ['-'] * 4) for m in methods]
+def published_rows(methods, groups):
+    """Design 7's numbers (CIFAR-100-LT, design 6's protocol) in the table's columns."""
+    return [(f'{m} (published)', [f'{dict(zip(("fullshot", "100shot", "50shot"), PUBLISHED[m]))[g]:.1f}'
+                                  if g != 'fewshot' else '-' for g in groups] + ['-'] * 4) for m in methods]
+
+
+def has_published(results):
+    return (results.get('dataset', DEFAULT), results.get('protocol', 'bcl')) == (DEFAULT, 'bcl')
 
 
 def candidate_methods(results):
     """The published rows to compare with: the recorded method, else both of the model's family."""
+    if not has_published(results):
+        return []
     if results['method'] in PUBLISHED:
         return [results['method']]
     return ['SDCLR', 'BCL-D'] if results['model'] == 'SDCLR' else ['SimCLR', 'BCL-I']
 
 
-def result_cells(results_list):
-    """The 7 cells of one method over several results files (the 100/50-shot value of a file is
-    its mean over the five subsets; a single file shows its subsets' mean ± std instead)."""
+def result_cells(results_list, groups):
+    """The cells of one method over several results files (a subset group's value of a file is its
+    mean over the five subsets; a single file shows its subsets' mean ± std instead)."""
     full = [r['fullshot'] for r in results_list if r['fullshot']]
-    cells = [cell([f['top1'] for f in full])]
-    for group in ('100shot', '50shot'):
-        shots = [r[group] for r in results_list if r[group]]
+    cells = []
+    for group in groups:
+        if group == 'fullshot':
+            cells.append(cell([f['top1'] for f in full]))
+            continue
+        shots = [r[group] for r in results_list if r.get(group)]
         cells.append(cell(shots[0]['top1']) if len(results_list) == 1 and shots
                      else cell([s['mean'] for s in shots]))
     return cells + [cell([f[k] for f in full]) for k in ('many', 'medium', 'few', 'std')]
@@ -300,48 +409,62 @@ def trained_note(results):
     return f' (pre-trained {epoch} epochs' + (f' and {step} steps of epoch {epoch + 1})' if step is not None else ')')
 
 
+def table_title(dataset, protocol):
+    return f'{get_benchmark(dataset).title}, ' + ('design 6 linear probe' if protocol == 'bcl' else
+                                                   "SDCLR's linear evaluation (design 9.4)")
+
+
 def print_results(results):
     full, label = results['fullshot'], results['method']
     if label == 'unknown':
         label = f'unknown ({results["model"]} family)'
-    print(f'\ncheckpoint {results["checkpoint"]}{trained_note(results)}\nmethod {label}, split {results["split"]}, '
-          f'seed {results["seed"]}, probe epochs {results["probe_epochs"]}')
+    dataset, protocol = results['dataset'], results['protocol']
+    epochs = (f'probe epochs {results["probe_epochs"]}' if protocol == 'bcl'
+              else f'{SDCLR_FULL_SHOT["epochs"]} / {SDCLR_FEW_SHOT["epochs"]} epochs (full / few-shot)')
+    print(f'\ncheckpoint {results["checkpoint"]}{trained_note(results)}\n{table_title(dataset, protocol)}\n'
+          f'method {label}, split {results["split"]}, seed {results["seed"]}, {epochs}')
     if full:
         print(f'full-shot  top-1 {full["top1"]:6.2f}  top-5 {full["top5"]:6.2f}\n'
               f'           Many {full["many"]:6.2f}  Medium {full["medium"]:6.2f}  Few {full["few"]:6.2f}  '
               f'Std {full["std"]:6.2f}')
-    for group in ('100shot', '50shot'):
+    for group in PROBE_GROUPS:
         if results[group]:
             r = results[group]
-            print(f'{group[:-4] + "-shot":<10} top-1 ' + ' '.join(f'{a:6.2f}' for a in r['top1'])
+            print(f'{GROUP_NAMES[group]:<10} top-1 ' + ' '.join(f'{a:6.2f}' for a in r['top1'])
                   + f'  mean {r["mean"]:.2f} ± {r["std"]:.2f}')
-    print('\n' + markdown_table([(f'{label} (this checkpoint)', result_cells([results]))]
-                                + published_rows(candidate_methods(results))))
+    groups = table_groups(dataset, protocol, [results])
+    print('\n' + markdown_table([(f'{label} (this checkpoint)', result_cells([results], groups))]
+                                + published_rows(candidate_methods(results), groups), groups))
 
 
 def _is_number(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _per_class_problem(full):
+def _per_class_problem(full, num_classes):
     """What is wrong with a full-shot result's per_class / class_counts (plot.py draws them): both
     absent (older results), or one accuracy and one image count per class."""
     if 'per_class' not in full and 'class_counts' not in full:
         return None
     per_class, counts = full.get('per_class'), full.get('class_counts')
-    if not (isinstance(per_class, list) and len(per_class) == NUM_CLASSES and all(map(_is_number, per_class))):
-        return f'"fullshot" "per_class" must be a list of {NUM_CLASSES} numbers'
-    if not (isinstance(counts, list) and len(counts) == NUM_CLASSES
+    if not (isinstance(per_class, list) and len(per_class) == num_classes and all(map(_is_number, per_class))):
+        return f'"fullshot" "per_class" must be a list of {num_classes} numbers'
+    if not (isinstance(counts, list) and len(counts) == num_classes
             and all(_int_or_none(c) is not None and c >= 0 for c in counts)):
-        return f'"fullshot" "class_counts" must be a list of {NUM_CLASSES} integers >= 0'
+        return f'"fullshot" "class_counts" must be a list of {num_classes} integers >= 0'
     return None
 
 
 def _results_problem(results):
-    """What is wrong with a parsed results file (None if nothing): every field print_table reads."""
+    """What is wrong with a parsed results file (None if nothing): every field print_table reads.
+    Files of older versions have no dataset and protocol: CIFAR-100-LT with design 6's."""
     if not isinstance(results, dict):
         return 'not a JSON object'
-    for key, kind in (('method', str), ('model', str), ('probe_epochs', int)):
+    if results.get('dataset', DEFAULT) not in BENCHMARKS or results.get('protocol', 'bcl') not in PROTOCOL_GROUPS:
+        return (f'"dataset" must be one of {", ".join(sorted(BENCHMARKS))} and "protocol" one of '
+                f'{", ".join(sorted(PROTOCOL_GROUPS))}')
+    sdclr = results.get('protocol') == 'sdclr'
+    for key, kind in (('method', str), ('model', str), ('probe_epochs', type(None) if sdclr else int)):
         if not isinstance(results.get(key), kind) or isinstance(results.get(key), bool):
             return f'"{key}" must be a {kind.__name__}, got {results.get(key)!r}'
     for key in ('epoch', 'progress'):  # absent from results of older versions
@@ -351,11 +474,11 @@ def _results_problem(results):
     if full is not None:
         if not isinstance(full, dict) or not all(_is_number(full.get(k)) for k in FULLSHOT_KEYS):
             return f'"fullshot" must be null or hold numbers {", ".join(FULLSHOT_KEYS)}'
-        problem = _per_class_problem(full)
+        problem = _per_class_problem(full, get_benchmark(results.get('dataset', DEFAULT)).num_classes)
         if problem:
             return problem
-    for group in ('100shot', '50shot'):
-        shots = results.get(group, 'missing')
+    for group in PROBE_GROUPS:
+        shots = results.get(group, 'missing' if group != 'fewshot' else None)  # few-shot: newer files only
         if shots is None:
             continue
         if (not isinstance(shots, dict) or not _is_number(shots.get('mean')) or not isinstance(shots.get('top1'), list)
@@ -377,23 +500,33 @@ def read_results(path):
 
 
 def print_table(paths):
-    """Design 7's table: one row per method and probe length (SimCLR, SDCLR, BCL-I, BCL-D, then
-    others; results of different --probe_epochs are never merged), cells mean ± std over the
-    files of a row, then the published numbers."""
-    rows_of = {}
+    """One table per dataset and protocol (results of different benchmarks or protocols are never
+    merged): one row per method and probe length (SimCLR, SDCLR, BCL-I, BCL-D, then others; results of
+    different --probe_epochs are never merged either), cells mean ± std over the files of a row, then
+    design 7's published numbers under CIFAR-100-LT's design-6 table."""
+    tables = {}
     for path in paths:
         results = read_results(path)
         label = results['method'] if results['method'] != 'unknown' else f'unknown ({results["model"]} family)'
-        rows_of.setdefault((label, results['probe_epochs']), []).append(results)
-    order = sorted(rows_of, key=lambda key: (METHODS.index(key[0]) if key[0] in METHODS else len(METHODS), key[0],
-                                             -key[1]))
-    rows = []
-    for label, epochs in order:
-        files = rows_of[(label, epochs)]
-        notes = ([f'n={len(files)}'] if len(files) > 1 else []) + \
-            ([f'{epochs} probe epochs'] if epochs != PROBE_EPOCHS else [])
-        rows.append((f'{label} ({", ".join(notes)})' if notes else label, result_cells(files)))
-    print(markdown_table(rows + published_rows([m for m in METHODS if any(m == label for label, _ in rows_of)])))
+        table = tables.setdefault((results.get('dataset', DEFAULT), results.get('protocol', 'bcl')), {})
+        table.setdefault((label, results['probe_epochs']), []).append(results)
+    order = sorted(tables, key=lambda key: (list(BENCHMARKS).index(key[0]), sorted(PROTOCOL_GROUPS).index(key[1])))
+    for n, (dataset, protocol) in enumerate(order):
+        rows_of = tables[(dataset, protocol)]
+        keys = sorted(rows_of, key=lambda key: (METHODS.index(key[0]) if key[0] in METHODS else len(METHODS), key[0],
+                                                -(key[1] or 0)))
+        groups = table_groups(dataset, protocol, [r for files in rows_of.values() for r in files])
+        rows = []
+        for label, epochs in keys:
+            files = rows_of[(label, epochs)]
+            notes = ([f'n={len(files)}'] if len(files) > 1 else []) + \
+                ([f'{epochs} probe epochs'] if epochs not in (PROBE_EPOCHS, None) else [])
+            rows.append((f'{label} ({", ".join(notes)})' if notes else label, result_cells(files, groups)))
+        published = published_rows([m for m in METHODS if any(m == label for label, _ in rows_of)], groups) \
+            if (dataset, protocol) == (DEFAULT, 'bcl') else []
+        if len(order) > 1:
+            print(('\n' if n else '') + f'{table_title(dataset, protocol)}\n')
+        print(markdown_table(rows + published, groups))
 
 
 def main(argv=None):

@@ -1,7 +1,10 @@
-"""Contrastive pre-training on CIFAR-100-LT: SimCLR, and BCL-I with `--bcl`.
+"""Contrastive pre-training on a long-tailed benchmark: SimCLR, and BCL-I with `--bcl`.
 
     python train.py BCL_I --bcl --rand_k 1 --lr 0.5 --epochs 2000 --temperature 0.2 \
       --data_folder DATA --trainSplit cifar100_imbSub_with_subsets/cifar100_split1_D_i.npy
+
+`--dataset` (default cifar100; cifar10) picks the benchmark (data/benchmarks/): its data, splits and
+the recipe defaults of every argument left unset (design 9.2).
 
 This file also holds the training core that train_sdclr.py (SDCLR, BCL-D) shares: the two
 scripts differ only in the model and the step function passed to `run`.
@@ -20,9 +23,8 @@ from tqdm import tqdm
 import checkpoint
 import training_state
 from checkpoint import Checkpoints
-from data.cifar100 import TwoViewCIFAR100, load_cifar100
+from data.benchmarks import BENCHMARKS, DEFAULT, benchmark_of, get_benchmark
 from data.device_views import DeviceViews
-from data.memoboosted_cifar100 import MemoBoostedCIFAR100
 from data.sampler import EpochBatchSampler
 from distributed import Distributed, from_environment, global_batch_norm
 from folder_lock import FolderLock
@@ -45,7 +47,7 @@ RETRAIN_ADVICE = ('an SDCLR model (SDCLR/BCL-D): train from it with train_sdclr.
                   'a SimCLR model (SimCLR/BCL-I): train from it with train.py')
 # Arguments that define the method: a resumed run must use the checkpoint's values.
 # (--seed too: it keys each epoch's sample order, so a mid-epoch resume needs the same one.)
-METHOD_ARGS = ('trainSplit', 'model', 'batch_size', 'epochs', 'lr', 'weight_decay',
+METHOD_ARGS = ('dataset', 'trainSplit', 'model', 'batch_size', 'epochs', 'lr', 'weight_decay',
                'temperature', 'bcl', 'momentum_loss_beta', 'rand_k', 'rand_strength',
                'prune_percent', 'random_prune_percent', 'seed')
 
@@ -73,22 +75,25 @@ def experiment_name(text):
 
 def get_parser(sdclr):
     parser = ArgumentParser(
-        description=('SDCLR / BCL-D' if sdclr else 'SimCLR / BCL-I') + ' pre-training on CIFAR-100-LT')
+        description=('SDCLR / BCL-D' if sdclr else 'SimCLR / BCL-I') + ' pre-training on a long-tailed benchmark '
+                    '(arguments left unset take the --dataset\'s recipe defaults, design 9.2)')
     parser.add_argument('experiment', type=experiment_name, help='run name: checkpoints go to SAVE_DIR/EXPERIMENT/')
     parser.add_argument('--save_dir', default='checkpoints')
-    parser.add_argument('--data_folder', default='', help="folder holding torchvision's cifar-100-python/")
-    parser.add_argument('--dataset', default='cifar100', choices=['cifar100'])
-    parser.add_argument('--trainSplit', default='cifar100_imbSub_with_subsets/cifar100_split1_D_i.npy',
-                        help='pre-training split, relative to split/')
+    parser.add_argument('--data_folder', default='',
+                        help="folder holding torchvision's cifar-100-python/ (cifar10: cifar-10-batches-py/)")
+    parser.add_argument('--dataset', default=DEFAULT, choices=sorted(BENCHMARKS), help='the benchmark')
+    parser.add_argument('--trainSplit', default=None,
+                        help="pre-training split, relative to split/ (default: the benchmark's split 1 D_i)")
     parser.add_argument('--gpus', default='0', help="CUDA device id (first of a comma list), or 'cpu'; "
                                                     "under torchrun each rank uses cuda:LOCAL_RANK ('cpu': gloo)")
     parser.add_argument('--seed', type=int_in(0, 2 ** 32 - 1), default=10)
     parser.add_argument('--num_workers', type=int_in(0), default=8)
     parser.add_argument('--model', default='resnet18', choices=['resnet18', 'resnet50'])
-    parser.add_argument('--batch_size', type=int_in(2), default=512,
-                        help='samples per step (at least 2: NT-Xent needs negatives, BatchNorm two values)')
-    parser.add_argument('--epochs', type=int_in(1), default=2000)
-    parser.add_argument('--num_class', type=int_in(1), default=100)
+    parser.add_argument('--batch_size', type=int_in(2), default=None,
+                        help='samples per step (at least 2: NT-Xent needs negatives, BatchNorm two values); 512')
+    parser.add_argument('--epochs', type=int_in(1), default=None, help='2000')
+    parser.add_argument('--num_class', type=int_in(1), default=None, help="the benchmark's classes (accepted as "
+                                                                          'published; another value is refused)')
     parser.add_argument('--print_freq', type=int_in(1), default=20,
                         help='progress-bar refresh and loss check, in steps')
     parser.add_argument('--save_freq', type=int_in(0), default=500,
@@ -101,16 +106,18 @@ def get_parser(sdclr):
                         help='continue SAVE_DIR/EXPERIMENT/model.pt (or --checkpoint) exactly')
     parser.add_argument('--overwrite', action='store_true',
                         help="start over in an experiment folder that holds checkpoints (deletes them)")
-    parser.add_argument('--lr', type=float_in(0, None, low_open=True), default=0.5)
-    parser.add_argument('--weight_decay', type=float_in(0, None), default=5e-4)
-    parser.add_argument('--temperature', type=float_in(0, None, low_open=True), default=0.2)
+    parser.add_argument('--lr', type=float_in(0, None, low_open=True), default=None, help='0.5')
+    parser.add_argument('--weight_decay', type=float_in(0, None), default=None,
+                        help='CIFAR-100: 5e-4 (as published; its SDCLR commands pass 1e-4), CIFAR-10: 1e-4')
+    parser.add_argument('--temperature', type=float_in(0, None, low_open=True), default=None, help='0.2')
     parser.add_argument('--bcl', action='store_true', help='memory-boosted augmentation (BCL)')
     parser.add_argument('--momentum_loss_beta', type=float_in(0, 1), default=0.97)
     parser.add_argument('--rand_k', type=int_in(0), default=1,
                         help='RandAugment ops per view (BCL; 0: none)')
     parser.add_argument('--rand_strength', type=int_in(0, 30), default=30,
                         help='maximum RandAugment magnitude, in [0, 30] (BCL)')
-    parser.add_argument('--prune_percent', type=float_in(0, 1, high_open=True), default=0.9 if sdclr else 0.0)
+    parser.add_argument('--prune_percent', type=float_in(0, 1, high_open=True), default=None,
+                        help='SDCLR: 0.9 on CIFAR' if sdclr else 'unused by SimCLR / BCL-I (0)')
     if sdclr:
         parser.add_argument('--random_prune_percent', type=float_in(0, 1, high_open=True), default=0.0,
                             help='part of --prune_percent zeroed at random (at most --prune_percent)')
@@ -135,8 +142,23 @@ def get_parser(sdclr):
 
 
 def parse_args(argv, sdclr):
+    """The arguments, every unset one filled from the --dataset's recipe (design 9.2), checked against
+    the benchmark before any work."""
     parser = get_parser(sdclr)
     args = parser.parse_args(argv)
+    benchmark = get_benchmark(args.dataset)
+    for name, value in {**benchmark.defaults(sdclr), 'trainSplit': benchmark.default_split}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.num_class is None:
+        args.num_class = benchmark.num_classes
+    elif args.num_class != benchmark.num_classes:
+        parser.error(f'--num_class {args.num_class}: {benchmark.title} has {benchmark.num_classes} classes '
+                     f'(drop --num_class, or pass the --dataset of your split)')
+    owner = benchmark_of(os.path.normpath(args.trainSplit))
+    if owner is not None and owner is not benchmark:
+        parser.error(f'--trainSplit {args.trainSplit} is a {owner.title} split: pass --dataset {owner.name} '
+                     f'(now {args.dataset})')
     if sdclr and args.random_prune_percent > args.prune_percent:
         parser.error(f'--random_prune_percent {args.random_prune_percent} must not exceed '
                      f'--prune_percent {args.prune_percent} (it is part of it)')
@@ -331,18 +353,17 @@ def epoch_record(epoch, progress, seen_before, train_s, lr, epoch_metrics):
 
 
 def training_data(args):
-    """Design 1: the pre-training dataset of the split (it indexes the CIFAR-100 train set), and the
+    """Design 1: the pre-training dataset of the split (it indexes the benchmark's train set), and the
     in-training probe's data when a probe will run; everything read and checked before epoch 1."""
-    _, train_labels = load_cifar100(args.data_folder, train=True)
-    indices = load_split(args.trainSplit, len(train_labels))
-    if args.bcl:
-        dataset = MemoBoostedCIFAR100(args.data_folder, indices, args.rand_k, args.rand_strength, seed=args.seed)
-    else:
-        dataset = TwoViewCIFAR100(args.data_folder, indices, seed=args.seed)
+    benchmark = get_benchmark(args.dataset)
+    train_labels = benchmark.labels(args.data_folder)
+    indices = load_split(args.trainSplit, len(train_labels), labels=train_labels, benchmark=benchmark)
+    dataset = benchmark.two_view_dataset(args.data_folder, indices, args.bcl, args.rand_k, args.rand_strength,
+                                         args.seed)
     if len(dataset) < 2:
         raise InputError(f'split {args.trainSplit} holds {len(dataset)} image(s): contrastive training needs at least 2')
     probes = bool(args.eval_freq) and args.eval_freq <= args.epochs
-    return dataset, prepare_full_shot(args.data_folder, args.trainSplit, '--eval_freq 0') if probes else None
+    return dataset, prepare_full_shot(args.data_folder, args.trainSplit, '--eval_freq 0', benchmark) if probes else None
 
 
 def check_shares(sampler):

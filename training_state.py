@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from data.cifar100 import TwoViewCIFAR100, batch_path
+from data.benchmarks import get_benchmark
+from data.cifar100 import TwoViewCIFAR
 from models.utils import state_dict_mismatch
 from split.resolve import resolve_split, sha256
 from utils import InputError, rng_state, set_rng_state
@@ -30,11 +31,13 @@ def method_name(args):
 
 def input_digests(args):
     """{'split': {'name', 'sha256'}, 'data': {file: {'size', 'sha256'}}} of what the run trains on:
-    the split file and the CIFAR-100 train batch (0.15 s for 150 MB on the 2-core CI machine)."""
-    path = batch_path(args.data_folder, train=True)
-    data_file = os.path.relpath(path, os.path.abspath(args.data_folder or '.'))
+    the split file and the benchmark's train batches (CIFAR-100: `train`, CIFAR-10: data_batch_1..5;
+    0.15 s for 150 MB on the 2-core CI machine)."""
+    root = os.path.abspath(args.data_folder or '.')
+    paths = get_benchmark(args.dataset).source.paths(args.data_folder, train=True)
     return {'split': {'name': args.trainSplit, 'sha256': sha256(resolve_split(args.trainSplit))},
-            'data': {data_file: {'size': os.path.getsize(path), 'sha256': sha256(path)}}}
+            'data': {os.path.relpath(path, root): {'size': os.path.getsize(path), 'sha256': sha256(path)}
+                     for path in paths}}
 
 
 def check_inputs(saved, current, path):
@@ -155,7 +158,7 @@ class Parts:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     momentum: object  # train.MomentumLoss
-    dataset: TwoViewCIFAR100
+    dataset: TwoViewCIFAR
     device: torch.device
     steps_per_epoch: int
     inputs: dict  # input_digests

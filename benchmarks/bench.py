@@ -24,7 +24,7 @@ number is finite and positive and exits non-zero otherwise):
 
 What is timed:
 - Training: the real loop, train.train_epoch with train.simclr_step / train_sdclr.sdclr_step,
-  train.MomentumLoss, SGD, TwoViewCIFAR100 / MemoBoostedCIFAR100 and train.run's DataLoader
+  train.MomentumLoss, SGD, TwoViewCIFAR / MemoBoostedCIFAR and train.run's DataLoader
   settings, on the real-size D_i (9,754 images). Each epoch is `--steps` full batches of a
   fixed random subset of D_i (0: all of D_i), so that every epoch starts and ends like a real
   one (workers started, or reused when persistent). Momentum state and BCL weights start at a
@@ -96,12 +96,11 @@ sys.path.insert(0, ROOT)
 import checkpoint  # noqa: E402
 import train  # noqa: E402
 import train_sdclr  # noqa: E402
-from data.cifar100 import EvalCIFAR100, TwoViewCIFAR100, load_cifar100  # noqa: E402
+from data.benchmarks import BENCHMARKS, DEFAULT, get_benchmark  # noqa: E402
 from data.device_views import DeviceViews  # noqa: E402
-from data.memoboosted_cifar100 import MemoBoostedCIFAR100  # noqa: E402
 from data.sampler import EpochBatchSampler  # noqa: E402
 from data.safe_pickle import mark_not_official  # noqa: E402
-from data.synthetic import write_synthetic_cifar100  # noqa: E402
+from data.synthetic import write_synthetic_cifar  # noqa: E402
 from eval_cifar import PROBE_EPOCHS, extract_features, linear_probe  # noqa: E402
 from models import build_model  # noqa: E402
 from split.generate import generate_splits, write_splits  # noqa: E402
@@ -146,8 +145,10 @@ PIPELINES = {'SimCLR': 'base', 'SDCLR': 'base', 'BCL-I': 'BCL k=1', 'BCL-D': 'BC
 def get_parser():
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description='Speed benchmark of training, evaluation and data loading.')
+    parser.add_argument('--dataset', default=DEFAULT, choices=sorted(BENCHMARKS),
+                        help='the benchmark (data/benchmarks/): its data layout, splits and classes')
     parser.add_argument('--data_folder', default='',
-                        help='CIFAR-100 folder to use (default: a synthetic one of the real size, cached in '
+                        help="the --dataset's folder to use (default: a synthetic one of the real size, cached in "
                              f'{CACHE})')
     parser.add_argument('--methods', default=','.join(METHODS), help='comma list of ' + ', '.join(METHODS))
     parser.add_argument('--configs', default=None,
@@ -188,40 +189,46 @@ def smoke_settings(args):
 
 # ----------------------------------------------------------------------------- data
 
-SMOKE_DATA = (20, 10), dict(val_per_class=2, train_per_class=16, imbalance_ratio=10, shot_sizes=(8, 4))
-REAL_DATA = (500, 100), {}  # the real protocol (design 1.1)
+SMOKE_DATA = (2000, 1000), dict(val_per_class=2, train_per_class=16, imbalance_ratio=10)  # images in all
+REAL_DATA = (50000, 10000), {}  # the real protocol (design 1.1, 9.1)
+SMOKE_SHOTS = {'cifar100': (8, 4), 'cifar10': ()}  # the small family's train-list shot subsets
 
 
 def prepare_data(args, sizes=None):
     """The data folder (a synthetic one is written once and reused) and a split family generated
     from its labels with split.generate's protocol, written under the cache. Real size: 50,000
     train / 10,000 test, D_i 9,754; --smoke: 2,000 / 1,000 with a small family; `sizes`:
-    ((train, test) images per class, generate_splits' arguments)."""
-    per_class, split_args = sizes or (SMOKE_DATA if args.smoke else REAL_DATA)
-    folder = args.data_folder or os.path.join(CACHE, f'cifar100_synthetic_{per_class[0]}x{per_class[1]}')
-    if not args.data_folder and not os.path.isfile(os.path.join(folder, 'cifar-100-python', 'test')):
-        print(f'writing a synthetic CIFAR-100 ({100 * per_class[0]:,} train, {100 * per_class[1]:,} test) '
-              f'to {folder}', flush=True)
-        write_synthetic_cifar100(folder + '.tmp', *per_class)
+    ((train, test) images in all, generate_splits' arguments)."""
+    benchmark = get_benchmark(args.dataset)
+    images, split_args = sizes or (SMOKE_DATA if args.smoke else REAL_DATA)
+    if split_args and 'shot_sizes' not in split_args:
+        split_args = {**split_args, 'shot_sizes': SMOKE_SHOTS[benchmark.name]}
+    per_class = tuple(n // benchmark.num_classes for n in images)
+    source = benchmark.source
+    folder = args.data_folder or os.path.join(CACHE, f'{benchmark.name}_synthetic_{per_class[0]}x{per_class[1]}')
+    if not args.data_folder and not all(map(os.path.isfile, source.paths(folder, train=False))):
+        print(f'writing a synthetic {source.name} ({images[0]:,} train, {images[1]:,} test) to {folder}', flush=True)
+        write_synthetic_cifar(folder + '.tmp', benchmark.name, *per_class)
         os.replace(folder + '.tmp', folder)
     elif not args.data_folder:  # a cache written before synthetic folders were marked (issue 20.11)
-        mark_not_official(os.path.join(folder, 'cifar-100-python'), 'synthetic CIFAR-100 of benchmarks/bench.py')
-    _, labels = load_cifar100(folder, train=True)
+        mark_not_official(os.path.join(folder, source.folder), f'synthetic {source.name} of benchmarks/bench.py')
+    labels = benchmark.labels(folder)
     split_root = os.path.join(CACHE, 'split')
     family = 'bench_' + hashlib.sha1(labels.tobytes() + repr(split_args).encode()).hexdigest()[:10]
-    write_splits(generate_splits(labels, **split_args), split_root, family)
-    d_i_name = f'{family}/cifar100_imbSub_with_subsets/cifar100_split1_D_i.npy'
-    files = protocol_files(d_i_name)
+    write_splits(generate_splits(labels, **split_args, benchmark=benchmark), split_root, family)
+    d_i_name = f'{family}/{benchmark.default_split}'
+    files = protocol_files(d_i_name, benchmark)
     index_sets = {'fullshot': [load_split(files['train'], len(labels), split_root)],
-                  '100shot': [load_split(f, len(labels), split_root) for f in files['shots'][100]],
-                  '50shot': [load_split(f, len(labels), split_root) for f in files['shots'][50]]}
+                  **{group: [load_split(f, len(labels), split_root) for f in files['subsets'][role]]
+                     for group, role in benchmark.probe_sets.items() if role != 'S_b'}}
     d_i = load_split(d_i_name, len(labels), split_root)
     # steady-state momentum losses: uniform in [4, 6], so the BCL weights spread over [0, 1]
     steady_loss = 4 + 2 * torch.rand(len(d_i), generator=torch.Generator().manual_seed(0))
     return argparse.Namespace(folder=folder, d_i=d_i, d_i_path=os.path.join(split_root, d_i_name), labels=labels,
-                              index_sets=index_sets,
-                              test_labels=load_cifar100(folder, train=False)[1],
-                              class_counts=np.bincount(labels[d_i], minlength=100), steady_loss=steady_loss)
+                              index_sets=index_sets, benchmark=benchmark,
+                              test_labels=benchmark.labels(folder, train=False),
+                              class_counts=np.bincount(labels[d_i], minlength=benchmark.num_classes),
+                              steady_loss=steady_loss)
 
 
 def two_view_dataset(data, pipeline, positions=None):
@@ -229,8 +236,8 @@ def two_view_dataset(data, pipeline, positions=None):
     update from the steady-state losses (weights over [0, 1])."""
     indices = data.d_i if positions is None else data.d_i[positions]
     if pipeline == 'base':
-        return TwoViewCIFAR100(data.folder, indices)
-    dataset = MemoBoostedCIFAR100(data.folder, indices, rand_k=int(pipeline[-1]))
+        return data.benchmark.two_view_dataset(data.folder, indices, False, 0, 30, 0)
+    dataset = data.benchmark.two_view_dataset(data.folder, indices, True, int(pipeline[-1]), 30, 0)
     dataset.update_momentum_weight(data.steady_loss if positions is None else data.steady_loss[positions])
     return dataset
 
@@ -322,7 +329,8 @@ def bench_training(method, config, data, args, device):
     """Steady-state numbers of one method under one configuration (see the module docstring)."""
     spec, flags = METHODS[method], CONFIGS[config]
     argv = ['bench', '--batch_size', str(args.batch_size), '--rand_k', str(spec['rand_k'])]
-    targs = train.get_parser(spec['sdclr']).parse_args(argv + (['--bcl'] if spec['bcl'] else []))
+    targs = train.parse_args(argv + ['--dataset', data.benchmark.name] + (['--bcl'] if spec['bcl'] else []),
+                             spec['sdclr'])
     set_seed(0)
     set_cuda_math(flags, device)
     if device.type == 'cuda':
@@ -424,25 +432,26 @@ def bench_probes(data, args, device):
     set_cuda_math({}, device)  # test.py's default: exact float32, whatever the last training row set
     stacked, _ = timed(lambda: test_script.run_probes(features, labels, test_features, test_labels, pool,
                                                       data.index_sets, args.probe_epochs, 0, data.class_counts,
-                                                      verbose=False), device)
+                                                      verbose=False, num_class=data.benchmark.num_classes), device)
     rows = torch.as_tensor(np.searchsorted(pool, data.index_sets['fullshot'][0]), device=device)
     fullshot_s = scale * timed(lambda: linear_probe(features[rows], labels[rows], test_features, test_labels,
-                                                    epochs=args.probe_epochs), device)[0]  # train.py's probe
+                                                    data.benchmark.num_classes, epochs=args.probe_epochs), device)[0]  # train.py's probe
     set_published_math()  # the published loop as it runs on today's torch (float32 matmuls)
     published = 0.0  # the published loop: each probe alone
     for sets in data.index_sets.values():
         for subset in sets:
             rows = torch.as_tensor(np.searchsorted(pool, subset), device=device)
             published += scale * timed(lambda: published_probe(features[rows], labels[rows], test_features,
-                                                                test_labels, args.probe_epochs), device)[0]
+                                                                test_labels, args.probe_epochs,
+                                                                data.benchmark.num_classes), device)[0]
     return {'stacked_s': stacked * scale, 'published_s': published, 'fullshot_alone_s': fullshot_s,
             'epochs_timed': args.probe_epochs, 'extrapolated': scale != 1}
 
 
-def published_probe(features, labels, test_features, test_labels, epochs):
+def published_probe(features, labels, test_features, test_labels, epochs, num_class=100):
     """The published probe loop (design 6): nn.Linear, autograd, torch.optim.Adam, ExponentialLR,
     a permutation per epoch, mini-batches of 1000; top-1 read back at the end."""
-    probe = torch.nn.Linear(features.shape[1], 100).to(features.device)
+    probe = torch.nn.Linear(features.shape[1], num_class).to(features.device)
     optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=5e-6)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=(1e-6 / 1e-2) ** (1 / PROBE_EPOCHS))
     for _ in range(epochs):
@@ -467,7 +476,7 @@ def bench_eval(prune, config, probes, data, args, device):
     if flags.get('compile'):
         torch._dynamo.reset()
         compile_model(model, 'features')
-    train_set, test_set = EvalCIFAR100(data.folder, train=True), EvalCIFAR100(data.folder, train=False)
+    train_set, test_set = (data.benchmark.eval_dataset(data.folder, train) for train in (True, False))
     speed = dict(amp=flags.get('amp', 'none'), channels_last=flags.get('channels_last', False))
 
     def extract(dataset):
@@ -489,6 +498,7 @@ def bench_eval(prune, config, probes, data, args, device):
         features_s = seconds(Subset(train_set, pool)) + seconds(test_set)
         probes_s, passes = probes['stacked_s'], 1
     result = {'family': 'SDCLR' if prune else 'SimCLR', 'config': config, 'feature_passes': passes,
+              'probe_sets': sum(map(len, data.index_sets.values())),
               'warmup_s': warmup_s, 'features_s': features_s, 'probes_s': probes_s,
               'total_s': warmup_s + features_s + probes_s, 'features_extrapolated': bool(per_image),
               'probes_extrapolated': probes['extrapolated']}
@@ -708,7 +718,7 @@ def check_sane(results):
     for r in results['eval']:
         for key in ('warmup_s', 'features_s', 'probes_s', 'total_s'):
             assert math.isfinite(r[key]) and r[key] > 0, (r['family'], r['config'], key, r[key])
-        assert r['feature_passes'] == (11 if CONFIGS[r['config']].get('published') else 1), r
+        assert r['feature_passes'] == (r['probe_sets'] if CONFIGS[r['config']].get('published') else 1), r
     for r in results['loader']:
         assert r['images'] > 0 and math.isfinite(r['images_per_s']) and r['images_per_s'] > 0, r
     for r in results.get('checkpoint', []):

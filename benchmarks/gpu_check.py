@@ -56,7 +56,7 @@ SMOKE_TOTAL_S = 180
 TRAIN_METHODS = ('BCL-D', 'SimCLR')
 TRAIN_CONFIGS = ('baseline', 'baseline_fp32', 'default', 'tf32', 'all', 'all_gpu_aug')
 SMOKE_TRAIN = {'BCL-D': ('baseline', 'gpu_aug'), 'SimCLR': ('default',)}  # no bf16 / compile on 2 CPU cores
-SMOKE_SIZES = (10, 2), dict(val_per_class=1, train_per_class=4, pool_per_class=4, imbalance_ratio=4,
+SMOKE_SIZES = (1000, 200), dict(val_per_class=1, train_per_class=4, pool_per_class=4, imbalance_ratio=4,
                             shot_sizes=(2, 1))  # --smoke data: 1,000 + 200 images, a train list of 400
 SMOKE_QUICK_START = (  # (README text, --smoke text)
     ('example_data &&', 'example_data --train_per_class 10 --test_per_class 2 &&'),

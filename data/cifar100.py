@@ -1,4 +1,5 @@
-"""CIFAR-100 from `--data_folder` in torchvision's on-disk layout, and its datasets (design 1.2).
+"""CIFAR-10 and CIFAR-100 from `--data_folder` in torchvision's on-disk layouts, and their datasets
+(design 1.2, 9.1): one reader for both, parametrised by a CifarSource.
 
 The pickles are read by data.safe_pickle: a restricted unpickler (nothing but a CIFAR batch's types
 can be built, so a crafted file cannot run code) and torchvision's md5s for the official file names,
@@ -7,6 +8,7 @@ to download.
 """
 import functools
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,56 +23,91 @@ from data.safe_pickle import load_cifar_pickle, official_md5s
 from data.view_params import draw_views
 from utils import InputError, keyed_seed
 
-NUM_CLASSES = 100
-OFFICIAL_MD5 = official_md5s(torchvision.datasets.CIFAR100)  # {'train', 'test', 'meta': md5}
 AUGMENT_STREAM = 2  # keyed_seed(seed, epoch, AUGMENT_STREAM) keys the views (the sample order uses (seed, epoch))
 
 
-@functools.lru_cache(maxsize=4)
-def read_batch(path):
-    """(images uint8 [N, 32, 32, 3], labels int64 [N]) of one pickled CIFAR-100 file, cached
-    so that several datasets over the same file read it (and check its md5) once. Read-only: callers copy."""
+@dataclass(frozen=True)
+class CifarSource:
+    """Where torchvision puts a CIFAR dataset under --data_folder, and how its batches are read."""
+    name: str  # 'CIFAR-100'
+    folder: str  # torchvision's base_folder
+    train_files: tuple  # the train set is these batches, concatenated in order
+    test_files: tuple
+    label_key: str
+    num_classes: int
+    torchvision_class: type
+
+    @property
+    def official_md5(self):
+        """{file name: md5} of the official files (torchvision's table)."""
+        return official_md5s(self.torchvision_class)
+
+    def paths(self, data_folder, train):
+        """The absolute paths of the train or test batches."""
+        return [os.path.abspath(os.path.join(data_folder, self.folder, name))
+                for name in (self.train_files if train else self.test_files)]
+
+
+CIFAR100 = CifarSource('CIFAR-100', 'cifar-100-python', ('train',), ('test',), 'fine_labels', 100,
+                       torchvision.datasets.CIFAR100)
+CIFAR10 = CifarSource('CIFAR-10', 'cifar-10-batches-py', tuple(f'data_batch_{i}' for i in range(1, 6)),
+                      ('test_batch',), 'labels', 10, torchvision.datasets.CIFAR10)
+
+
+@functools.lru_cache(maxsize=8)
+def read_batch(path, source=CIFAR100):
+    """(images uint8 [N, 32, 32, 3], labels int64 [N]) of one pickled CIFAR file, cached so that
+    several datasets over the same file read it (and check its md5) once. Read-only: callers copy."""
     try:
-        entry = load_cifar_pickle(path, OFFICIAL_MD5, 'CIFAR-100')
+        entry = load_cifar_pickle(path, source.official_md5, source.name)
         # 'data' holds each image as 3072 bytes: the R, G, B planes in row-major order.
         images = np.asarray(entry['data'], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        labels = np.asarray(entry['fine_labels'], dtype=np.int64)
+        labels = np.asarray(entry[source.label_key], dtype=np.int64)
         if len(images) != len(labels) or len(labels) == 0:
             raise ValueError(f'{len(images)} images and {len(labels)} labels')
+        if labels.min() < 0 or labels.max() >= source.num_classes:
+            raise ValueError(f'labels in [{labels.min()}, {labels.max()}], not 0..{source.num_classes - 1}')
     except InputError:  # not the official file, or a forbidden global: its own message
         raise
-    except Exception as e:  # empty, truncated or not a CIFAR-100 pickle
+    except Exception as e:  # empty, truncated or not a batch of this dataset
         reason = (str(e).splitlines() or [''])[0][:120]
-        raise InputError(f'{path} is not a readable CIFAR-100 batch ({type(e).__name__}: {reason}): delete '
-                         f"the folder's cifar-100-python/ and download it again") from None
+        raise InputError(f'{path} is not a readable {source.name} batch ({type(e).__name__}: {reason}): delete '
+                         f"the folder's {source.folder}/ and download it again") from None
     images = np.ascontiguousarray(images)
     images.flags.writeable = labels.flags.writeable = False
     return images, labels
 
 
-def batch_path(data_folder, train):
-    """The absolute path of the train or test batch in torchvision's layout."""
-    return os.path.abspath(os.path.join(data_folder, 'cifar-100-python', 'train' if train else 'test'))
+def read_batches(paths, source):
+    """The batches at `paths` in order, concatenated (CIFAR-10's five train batches); read-only."""
+    batches = [read_batch(path, source) for path in paths]
+    if len(batches) == 1:
+        return batches[0]
+    images, labels = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
 
 
-def load_cifar100(data_folder, train, download=True):
-    """(images uint8 [N, 32, 32, 3], labels int64 [N]) of the train or test set."""
-    folder = os.path.join(data_folder, 'cifar-100-python')
-    path = batch_path(data_folder, train)
-    if not os.path.isfile(path):
-        remedy = ("pass --data_folder DATA, the folder holding torchvision's cifar-100-python/{train,test,meta} "
+def load_cifar(data_folder, train, source=CIFAR100, download=True):
+    """(images uint8 [N, 32, 32, 3], labels int64 [N]) of the train or test set; downloaded with
+    torchvision when missing (and `download`)."""
+    folder = os.path.join(data_folder, source.folder)
+    paths = source.paths(data_folder, train)
+    if not all(map(os.path.isfile, paths)):
+        files = ','.join(source.train_files + source.test_files)
+        remedy = (f"pass --data_folder DATA, the folder holding torchvision's {source.folder}/{{{files}}} "
                   '(or run once with internet to download it there)')
         if not download:
-            raise InputError(f'CIFAR-100 not found in {os.path.abspath(folder)}: {remedy}')
+            raise InputError(f'{source.name} not found in {os.path.abspath(folder)}: {remedy}')
         try:
-            torchvision.datasets.CIFAR100(data_folder, train=train, download=True)
+            source.torchvision_class(data_folder, train=train, download=True)
         except Exception as e:
-            raise InputError(f'CIFAR-100 not found in {os.path.abspath(folder)} and the download failed '
+            raise InputError(f'{source.name} not found in {os.path.abspath(folder)} and the download failed '
                              f'({type(e).__name__}: {e}): {remedy}') from e
-    return read_batch(path)
+    return read_batches(paths, source)
 
 
-class TwoViewCIFAR100(Dataset):
+class TwoViewCIFAR(Dataset):
     """The train images at `indices`; item i -> (two augmented views [2, 3, 32, 32], i).
 
     The views of position i in epoch e are a function of (seed, e, i) alone (issue 11): their
@@ -80,12 +117,12 @@ class TwoViewCIFAR100(Dataset):
     memory so that persistent workers see it (set it before the epoch's loader iterator starts).
     """
 
-    def __init__(self, data_folder, indices, seed=0, download=True):
-        images, labels = load_cifar100(data_folder, train=True, download=download)
+    def __init__(self, data_folder, indices, seed=0, download=True, source=CIFAR100):
+        images, labels = load_cifar(data_folder, train=True, source=source, download=download)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.images, self.labels = images[self.indices], labels[self.indices]
-        self.num_class = NUM_CLASSES
-        self.class_counts = np.bincount(self.labels, minlength=NUM_CLASSES)
+        self.num_class = source.num_classes
+        self.class_counts = np.bincount(self.labels, minlength=source.num_classes)
         self.seed = seed
         self.epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
@@ -98,7 +135,7 @@ class TwoViewCIFAR100(Dataset):
     def views_key(self):
         return keyed_seed(self.seed, int(self.epoch), AUGMENT_STREAM)
 
-    rand_k, rand_strength, momentum_weight = 0, 30, None  # no RandAugment (MemoBoostedCIFAR100 has it)
+    rand_k, rand_strength, momentum_weight = 0, 30, None  # no RandAugment (MemoBoostedCIFAR has it)
 
     def view_params(self, positions, momentum_weight=None):
         """data.view_params.ViewParams of the samples at `positions` (int64 tensor) this epoch;
@@ -121,11 +158,11 @@ class TwoViewCIFAR100(Dataset):
         return torch.stack([F.to_tensor(augment_view(img, view)) for view in views])
 
 
-class EvalCIFAR100(Dataset):
+class EvalCIFAR(Dataset):
     """Train or test images (optionally at `indices`); item -> (image [3, 32, 32], label)."""
 
-    def __init__(self, data_folder, train, indices=None, download=True):
-        images, labels = load_cifar100(data_folder, train=train, download=download)
+    def __init__(self, data_folder, train, indices=None, download=True, source=CIFAR100):
+        images, labels = load_cifar(data_folder, train=train, source=source, download=download)
         if indices is not None:
             indices = np.asarray(indices, dtype=np.int64)
             images, labels = images[indices], labels[indices]

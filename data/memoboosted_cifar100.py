@@ -7,7 +7,7 @@ stronger, more frequent RandAugment.
 import numpy as np
 import torch
 
-from data.cifar100 import TwoViewCIFAR100
+from data.cifar100 import CIFAR100, TwoViewCIFAR
 
 
 def momentum_weight(momentum_loss):
@@ -28,13 +28,13 @@ def momentum_weight(momentum_loss):
     return z / scale / 2 + 0.5
 
 
-class MemoBoostedCIFAR100(TwoViewCIFAR100):
+class MemoBoostedCIFAR(TwoViewCIFAR):
     """Two-view dataset whose RandAugment strength and probability follow per-sample weights:
     view_params draws RandAugmentProb(k, m_i, p=w_i) after the base views (design 1.4; with
     k >= 2 both views of a sample share its u, hence m_i)."""
 
-    def __init__(self, data_folder, indices, rand_k=1, rand_strength=30, seed=0, download=True):
-        super().__init__(data_folder, indices, seed=seed, download=download)
+    def __init__(self, data_folder, indices, rand_k=1, rand_strength=30, seed=0, download=True, source=CIFAR100):
+        super().__init__(data_folder, indices, seed=seed, download=download, source=source)
         self.rand_k, self.rand_strength = rand_k, rand_strength
         # Shared memory, updated in place: DataLoader workers (persistent ones included)
         # map the same storage, so they see the new weights at the next epoch.

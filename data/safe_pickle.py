@@ -2,7 +2,7 @@
 
 CIFAR's files are Python pickles, and `pickle.load` calls whatever a file names: anyone who can
 write a shared data folder would run code in every job that reads it. `load_cifar_pickle` is the
-one reader for every CIFAR layout (CIFAR-100 now, CIFAR-10 later):
+one reader for every CIFAR layout (CIFAR-10 and CIFAR-100):
 
 - a restricted unpickler that resolves only the globals a CIFAR batch needs (NumPy's array
   reconstruction; dict, list, str, bytes and int are pickle opcodes and need none), so a file

@@ -14,55 +14,45 @@ import urllib.request
 
 import numpy as np
 
+from data.benchmarks import BENCHMARKS, DEFAULT, get_benchmark, long_tail_count
 from utils import InputError
 
 SPLIT_ROOT = os.path.dirname(os.path.abspath(__file__))
-SUBSETS = 'cifar100_imbSub_with_subsets/'
-PUBLISHED_URL = ('https://raw.githubusercontent.com/MediaBrain-SJTU/BCL/'
-                 'a2342f86fa3e2f8c5efc5b98334126133b0b360b/split/{name}')
-PUBLISHED_SHA256 = {
-    'cifar100/cifar100_trainIdxList.npy': '482bb2cd15900c6500c77c17212fd1fc73725b821d6dab631941e4960956afda',
-    'cifar100/cifar100_valIdxList.npy': 'd0654dcc18b91345da49ba895a499641ff9d11757245ae79759dc45e9b83ec6d',
-    'cifar100_imbSub_with_subsets/cifar100_split1_D_i.npy': '109b4ec343997dc34e6b9f85b66f3f0f486d796cc109abadaa3ba645200778e2',
-    'cifar100_imbSub_with_subsets/cifar100_split1_test_100shot.npy': 'dd1ae1b5ade957a3b54380181a02413468589bf0bedddab49e64f31aea10474f',
-    'cifar100_imbSub_with_subsets/cifar100_split1_test_50shot.npy': '83cc12a78fc6128a18b6ad9663247059c35efeab7d0552c2a38e42301ef5c404',
-    'cifar100_imbSub_with_subsets/cifar100_split2_D_i.npy': '813b59c6741bedc96e8ca0c64beb3457fda2077c97f44d74dc1a93f9501e7679',
-    'cifar100_imbSub_with_subsets/cifar100_split2_test_100shot.npy': '927118e8ab9dd13d7120bd10dfac62d4f86b76ff5013ee35f9a5dbebfbd91d79',
-    'cifar100_imbSub_with_subsets/cifar100_split2_test_50shot.npy': '8a38a424320a5f2a509fae7390bb30229c14099a3aab7534c392b34aa7d40e6a',
-    'cifar100_imbSub_with_subsets/cifar100_split3_D_i.npy': '7bb5c112bc3e39a189968fdde51a6365e85f0108ec03485de21e272a9084fbbb',
-    'cifar100_imbSub_with_subsets/cifar100_split3_test_100shot.npy': '27f016592f2be4ad29d66483816bf50d4c3088c7289a0f643edb68c634fee2b9',
-    'cifar100_imbSub_with_subsets/cifar100_split3_test_50shot.npy': '3ceb0af4e531087d02872852c013e7d50069002f0166038ceedefae61b2eef63',
-    'cifar100_imbSub_with_subsets/cifar100_split4_D_i.npy': '4de1ed95764e23d52e539c53c2e45f1d99820ae49be3a49a6f822fa0cd220d69',
-    'cifar100_imbSub_with_subsets/cifar100_split4_test_100shot.npy': '605172c374e3eb4a6d0bc4be1f8716ee8add3b6502bec86117104e728172aa4b',
-    'cifar100_imbSub_with_subsets/cifar100_split4_test_50shot.npy': '36c3ea8108dc0a510d32414cbb2a9354c029ce56c499cd697e34b2c1184ea306',
-    'cifar100_imbSub_with_subsets/cifar100_split5_D_i.npy': '9282893b3f49480603e93424c7ba54918202888ce42c6871e9ec3fa5b8b7e20b',
-    'cifar100_imbSub_with_subsets/cifar100_split5_test_100shot.npy': '4287082e96b019ce943707ac3a2bfe320ec8ecfb59e4a0319e0ceac39956760a',
-    'cifar100_imbSub_with_subsets/cifar100_split5_test_50shot.npy': '866606edafbc606925133afbaa97492613666960318bc7402e00e556d52bb985',
-}
-GENERATE_HINT = ('generate splits with `python -m split.generate --data_folder DATA --name NAME` and pass '
-                 '`--trainSplit NAME/cifar100_imbSub_with_subsets/cifar100_split1_D_i.npy`')
+# every benchmark's published files (data/benchmarks/): name -> URL template, name -> SHA-256
+PUBLISHED_URL = {name: url for b in BENCHMARKS.values() for name, (url, _) in b.splits.published.items()}
+PUBLISHED_SHA256 = {name: sha for b in BENCHMARKS.values() for name, (_, sha) in b.splits.published.items()}
+PUBLISHED_ROLE = {name: (b, role) for b in BENCHMARKS.values()
+                  for role, names in [('train', [b.splits.train]), ('val', [b.splits.val]),
+                                      ('D_i', b.splits.files()['D_i']), *b.splits.files()['subsets'].items()]
+                  for name in names if name in b.splits.published}
 
 
-def family_files(family, num_splits=5):
-    """The file names of a family (prefix '' for the published one, 'NAME/' for a generated one)."""
-    def subset(k, role):
-        return f'{family}{SUBSETS}cifar100_split{k}_{role}.npy'
-    splits = range(1, num_splits + 1)
-    return {'train': f'{family}cifar100/cifar100_trainIdxList.npy',
-            'val': f'{family}cifar100/cifar100_valIdxList.npy',
-            'D_i': [subset(k, 'D_i') for k in splits],
-            'shots': {100: [subset(k, 'test_100shot') for k in splits],
-                      50: [subset(k, 'test_50shot') for k in splits]}}
+def generate_hint(benchmark=None):
+    benchmark = benchmark or get_benchmark(DEFAULT)
+    flag = '' if benchmark.name == DEFAULT else f' --dataset {benchmark.name}'
+    return (f'generate splits with `python -m split.generate{flag} --data_folder DATA --name NAME` and pass '
+            f'`--trainSplit NAME/{benchmark.default_split}`')
 
 
-def protocol_files(train_split):
-    """The train list, val list and the 100/50-shot subsets (k = 1..5) of train_split's family."""
+def family_files(family, num_splits=5, benchmark=None):
+    """The file names of a family (prefix '' for the published one, 'NAME/' for a generated one):
+    {'train', 'val', 'D_i', 'subsets': {role: names}, 'shots': {size: names} (the train-list subsets)}."""
+    benchmark = benchmark or get_benchmark(DEFAULT)
+    files = benchmark.splits.files(family, num_splits)
+    return {**files, 'shots': {size: files['subsets'][role] for role, size in benchmark.splits.protocol.shots}}
+
+
+def protocol_files(train_split, benchmark=None):
+    """The train list, val list and probe subsets (k = 1..5) of train_split's family (family_files)."""
+    benchmark = benchmark or get_benchmark(DEFAULT)
     name = posixpath.normpath(train_split)
-    if SUBSETS not in name:
-        raise InputError(f'cannot tell which split family {train_split!r} belongs to: a D_i split lies in '
-                         f'<family>/{SUBSETS} (e.g. {SUBSETS}cifar100_split1_D_i.npy); or {GENERATE_HINT}')
-    files = family_files(name.split(SUBSETS)[0])
-    return {'train': files['train'], 'val': files['val'], 'shots': files['shots']}
+    prefix = benchmark.splits.prefix_of(name)
+    if prefix is None:
+        example = benchmark.default_split
+        raise InputError(f'cannot tell which split family {train_split!r} belongs to: a {benchmark.title} D_i split '
+                         f'lies in <family>/{benchmark.splits.subsets} (e.g. {example}); or {generate_hint(benchmark)}')
+    files = family_files(prefix, benchmark=benchmark)
+    return {key: files[key] for key in ('train', 'val', 'subsets', 'shots')}
 
 
 def sha256(path):
@@ -81,7 +71,8 @@ def _download(url, path):
 
 def _fetch_published(name, path):
     """Download published `name` to `path`: temp file in the same folder, sum check, rename."""
-    url = PUBLISHED_URL.format(name=name)
+    url = PUBLISHED_URL[name].format(name=name)
+    benchmark, _ = PUBLISHED_ROLE[name]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f'{path}.{os.getpid()}.download'
     try:
@@ -93,14 +84,15 @@ def _fetch_published(name, path):
     except Exception as e:  # network, disk or checksum: one error with both remedies
         raise InputError(f'split {name} is missing and fetching {url} failed ({e}); nothing was kept. '
                          f'Either place the file at {path} (from the folder split/ of '
-                         f'github.com/MediaBrain-SJTU/BCL), or {GENERATE_HINT}') from e
+                         f'github.com/{"/".join(url.split("/")[3:5])}), or {generate_hint(benchmark)}') from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def resolve_split(name, split_root=SPLIT_ROOT):
-    """Absolute path of split `name` (relative to split_root), fetching a missing published one."""
+def resolve_split(name, split_root=SPLIT_ROOT, benchmark=None):
+    """Absolute path of split `name` (relative to split_root), fetching a missing published one
+    (`benchmark`: whose generate hint an error gives)."""
     rel = posixpath.normpath(name)
     path = os.path.abspath(os.path.join(split_root, rel))
     if rel in PUBLISHED_SHA256:
@@ -108,16 +100,17 @@ def resolve_split(name, split_root=SPLIT_ROOT):
             _fetch_published(rel, path)
         elif sha256(path) != PUBLISHED_SHA256[rel]:
             raise InputError(f'{path} differs from the published {rel} (SHA-256 mismatch); delete it to '
-                             f'fetch the published file again, or {GENERATE_HINT}')
+                             f'fetch the published file again, or {generate_hint(PUBLISHED_ROLE[rel][0])}')
     elif not os.path.isfile(path):
         raise InputError(f'split {name} not found at {path} (and it is not a published split name); '
-                         f'{GENERATE_HINT}')
+                         f'{generate_hint(benchmark)}')
     return path
 
 
-def load_split(name, dataset_size, split_root=SPLIT_ROOT):
-    """The indices of split `name`: a 1-D int64 array of unique indices in [0, dataset_size)."""
-    path = resolve_split(name, split_root)
+def load_split(name, dataset_size, split_root=SPLIT_ROOT, labels=None, benchmark=None):
+    """The indices of split `name`: a 1-D int64 array of unique indices in [0, dataset_size). With the
+    train set's `labels`, a published file's class counts are checked against its protocol."""
+    path = resolve_split(name, split_root, benchmark)
     try:
         indices = np.load(path, allow_pickle=False)
     except Exception as e:  # truncated, not .npy, pickled objects...
@@ -137,4 +130,33 @@ def load_split(name, dataset_size, split_root=SPLIT_ROOT):
         raise InputError(f'split {path} has indices in [{unique[0]}, {unique[-1]}] but the dataset has '
                          f'{dataset_size} images (valid: 0..{dataset_size - 1}); was the split made for '
                          f'another data folder?')
+    rel = posixpath.normpath(name)
+    if labels is not None and rel in PUBLISHED_ROLE:
+        check_published_counts(rel, indices, labels)
     return indices.astype(np.int64)
+
+
+def expected_counts(benchmark, role, per_class_total):
+    """The per-class counts the protocol gives a published file (design 1.1, 9.1); D_i's in rank order
+    (the class order is drawn), the others one per class. `per_class_total`: the train set's counts."""
+    protocol, num_classes = benchmark.splits.protocol, benchmark.num_classes
+    pool = int(per_class_total.min()) - protocol.val
+    tail = [long_tail_count(pool, r, num_classes, protocol.imbalance) for r in range(num_classes)]
+    sizes = {'train': protocol.train, 'val': protocol.val, 'S_b': tail[-1], **dict(protocol.shots)}
+    return tail if role == 'D_i' else [sizes[role]] * num_classes
+
+
+def check_published_counts(rel, indices, labels):
+    """A published file's class counts must be its protocol's with these labels: with the official data
+    they are (checked on the published files); with another folder they are not, and training on it would
+    silently not be the benchmark."""
+    benchmark, role = PUBLISHED_ROLE[rel]
+    labels = np.asarray(labels)
+    counts = np.bincount(labels[indices], minlength=benchmark.num_classes)
+    expected = expected_counts(benchmark, role, np.bincount(labels, minlength=benchmark.num_classes))
+    got = sorted(counts.tolist(), reverse=True) if role == 'D_i' else counts.tolist()
+    if got != expected:
+        raise InputError(f'the published split {rel} has {", ".join(map(str, got[:6]))}... images per class'
+                         f'{" (sorted)" if role == "D_i" else ""} with the labels of this --data_folder, not the '
+                         f'protocol\'s {", ".join(map(str, expected[:6]))}... (design 9.1): pass the folder of the '
+                         f'official {benchmark.source.name} (--dataset {benchmark.name}), or {generate_hint(benchmark)}')

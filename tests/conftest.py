@@ -8,7 +8,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from data.synthetic import write_synthetic_cifar100  # noqa: E402
+from data.synthetic import write_synthetic_cifar  # noqa: E402
 
 SYNTHETIC_TRAIN_PER_CLASS = 20
 SYNTHETIC_TEST_PER_CLASS = 10
@@ -18,7 +18,7 @@ SYNTHETIC_TEST_PER_CLASS = 10
 def synthetic_cifar(tmp_path_factory):
     """A data folder with `cifar-100-python/{train,test,meta}`: 2,000 train, 1,000 test images."""
     root = tmp_path_factory.mktemp('cifar')
-    return str(write_synthetic_cifar100(str(root), SYNTHETIC_TRAIN_PER_CLASS,
+    return str(write_synthetic_cifar(str(root), 'cifar100', SYNTHETIC_TRAIN_PER_CLASS,
                                         SYNTHETIC_TEST_PER_CLASS, seed=0))
 
 

@@ -17,7 +17,7 @@ from data import batched_randaug as R
 from data import randaug
 from data.augmentations import augment_view
 from data.device_views import DeviceViews, make_views
-from data.memoboosted_cifar100 import MemoBoostedCIFAR100
+from data.memoboosted_cifar100 import MemoBoostedCIFAR
 from data.sampler import EpochBatchSampler
 from data.view_params import draw_views
 from utils import keyed_seed
@@ -263,7 +263,7 @@ def test_device_views_read_and_send_nothing_per_step(synthetic_cifar):
     """--gpu_aug's per-step work has no host sync: an epoch of DeviceViews for BCL k=2 runs on
     the meta device, where reading any value (item, bool, tolist, nonzero) fails, and sends host
     data to it only when the epoch starts (its sample order and BCL weights), not per batch."""
-    dataset = MemoBoostedCIFAR100(synthetic_cifar, np.arange(100), rand_k=2)
+    dataset = MemoBoostedCIFAR(synthetic_cifar, np.arange(100), rand_k=2)
     dataset.update_momentum_weight(torch.rand(100, generator=torch.Generator().manual_seed(0)))
     views = DeviceViews(dataset, EpochBatchSampler(100, 40, 0), torch.device('meta'))
     views.batch_sampler.set_epoch(1)

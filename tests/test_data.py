@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.functional import to_tensor
 
 from data.augmentations import augment_view
-from data.cifar100 import OFFICIAL_MD5, EvalCIFAR100, TwoViewCIFAR100, load_cifar100, read_batch
+from data.cifar100 import CIFAR100, EvalCIFAR, TwoViewCIFAR, load_cifar, read_batch
 from data.keyed_random import keyed_uniforms
-from data.memoboosted_cifar100 import MemoBoostedCIFAR100, momentum_weight
+from data.memoboosted_cifar100 import MemoBoostedCIFAR, momentum_weight
 from data.safe_pickle import NOT_OFFICIAL, file_md5, load_cifar_pickle
 from data.view_params import SHARED_VIEW, rand_strength_magnitude
 from utils import InputError
@@ -32,7 +32,7 @@ def raw_batch(folder, name):
 
 @pytest.mark.parametrize('train, size', [(True, 2000), (False, 1000)])
 def test_load_matches_raw_pickle(synthetic_cifar, train, size):
-    images, labels = load_cifar100(synthetic_cifar, train=train, download=False)
+    images, labels = load_cifar(synthetic_cifar, train=train, download=False)
     raw, raw_labels = raw_batch(synthetic_cifar, 'train' if train else 'test')
     assert images.shape == (size, 32, 32, 3) and images.dtype == np.uint8
     assert labels.shape == (size,) and labels.dtype == np.int64
@@ -40,12 +40,12 @@ def test_load_matches_raw_pickle(synthetic_cifar, train, size):
     # pixel (y, x) of channel c is byte c * 1024 + y * 32 + x of the row
     for i, y, x, c in [(0, 0, 0, 0), (7, 31, 0, 1), (size - 1, 5, 17, 2), (123, 31, 31, 2)]:
         assert images[i, y, x, c] == raw[i, c * 1024 + y * 32 + x]
-    assert load_cifar100(synthetic_cifar, train=train)[0] is images  # cached
+    assert load_cifar(synthetic_cifar, train=train)[0] is images  # cached
 
 
 def test_missing_folder_without_download(tmp_path):
     with pytest.raises(InputError, match='CIFAR-100 not found in .*nowhere.*cifar-100-python'):
-        load_cifar100(str(tmp_path / 'nowhere'), train=True, download=False)
+        load_cifar(str(tmp_path / 'nowhere'), train=True, download=False)
 
 
 def test_missing_folder_download_fails(tmp_path, monkeypatch):
@@ -56,12 +56,12 @@ def test_missing_folder_download_fails(tmp_path, monkeypatch):
         raise OSError('no network')
     monkeypatch.setattr(torchvision.datasets.cifar, 'download_and_extract_archive', offline)
     with pytest.raises(InputError, match=r'not found in .*empty.*download failed \(OSError: no network\)'):
-        TwoViewCIFAR100(str(tmp_path / 'empty'), indices=[0, 1])
+        TwoViewCIFAR(str(tmp_path / 'empty'), indices=[0, 1])
 
 
 def test_two_view_dataset(synthetic_cifar):
     indices = np.array([5, 0, 1999, 100, 200])
-    dataset = TwoViewCIFAR100(synthetic_cifar, indices)
+    dataset = TwoViewCIFAR(synthetic_cifar, indices)
     raw, raw_labels = raw_batch(synthetic_cifar, 'train')
     assert len(dataset) == 5 and dataset.num_class == 100
     assert np.array_equal(dataset.labels, raw_labels[indices]) and dataset.labels.dtype == np.int64
@@ -82,7 +82,7 @@ def test_two_view_dataset(synthetic_cifar):
 def test_eval_dataset(synthetic_cifar, train):
     raw, raw_labels = raw_batch(synthetic_cifar, 'train' if train else 'test')
     indices = [3, 999, 0] if train else None
-    dataset = EvalCIFAR100(synthetic_cifar, train=train, indices=indices)
+    dataset = EvalCIFAR(synthetic_cifar, train=train, indices=indices)
     assert len(dataset) == (3 if train else 1000)
     positions = [0, 1, 2] if train else [0, 1, 999]
     for position, source in zip(positions, indices or positions):
@@ -118,7 +118,7 @@ def test_memoboosted_view_params_follow_design(synthetic_cifar, rand_k, rand_str
     """Design 1.4 on the dataset's drawn parameters: k ops per view, applied iff their uniform
     < w_i (all with w = 1, none with w = 0), magnitude m_i by the k rule, with k >= 2 from the
     sample's own u (keyed view 2), shared by both views; the rendered views are those params."""
-    dataset = MemoBoostedCIFAR100(synthetic_cifar, np.arange(10), rand_k, rand_strength, seed=4)
+    dataset = MemoBoostedCIFAR(synthetic_cifar, np.arange(10), rand_k, rand_strength, seed=4)
     assert dataset.momentum_weight.dtype == torch.float64 and not dataset.momentum_weight.any()
     loss = np.arange(10.0)  # symmetric: weights 0, 1/9, ..., 1
     dataset.update_momentum_weight(torch.from_numpy(loss))
@@ -143,8 +143,8 @@ def test_memoboosted_view_params_follow_design(synthetic_cifar, rand_k, rand_str
 def test_memoboosted_zero_weight_is_plain_simclr(synthetic_cifar):
     """With all weights 0 no RandAugment op is applied: the views equal the SimCLR views of the
     same seed and epoch (the base parameters are the same draws in both datasets)."""
-    plain = TwoViewCIFAR100(synthetic_cifar, np.arange(4), seed=1)
-    boosted = MemoBoostedCIFAR100(synthetic_cifar, np.arange(4), rand_k=2, seed=1)
+    plain = TwoViewCIFAR(synthetic_cifar, np.arange(4), seed=1)
+    boosted = MemoBoostedCIFAR(synthetic_cifar, np.arange(4), rand_k=2, seed=1)
     for dataset in (plain, boosted):
         dataset.set_epoch(2)
     for i in range(4):
@@ -154,12 +154,12 @@ def test_memoboosted_zero_weight_is_plain_simclr(synthetic_cifar):
 
 
 def test_update_rejects_wrong_length(synthetic_cifar):
-    dataset = MemoBoostedCIFAR100(synthetic_cifar, np.arange(4))
+    dataset = MemoBoostedCIFAR(synthetic_cifar, np.arange(4))
     with pytest.raises(ValueError, match='expected'):
         dataset.update_momentum_weight(np.arange(3.0))
 
 
-class WeightEcho(MemoBoostedCIFAR100):
+class WeightEcho(MemoBoostedCIFAR):
     """Returns the weight a worker sees for sample i, and the worker's pid."""
     __getitems__ = None  # the DataLoader then fetches item by item, through __getitem__
 
@@ -219,7 +219,7 @@ def test_crafted_pickle_never_runs_code(synthetic_cifar, tmp_path, payload, mark
     data = RunsCode(os.system, f'touch {marker}') if payload == 'os.system' else RunsCode(open, str(marker), 'w')
     folder = crafted_folder(tmp_path / 'data', synthetic_cifar, data, marked)
     with pytest.raises(InputError) as error:
-        load_cifar100(str(tmp_path / 'data'), train=True, download=False)
+        load_cifar(str(tmp_path / 'data'), train=True, download=False)
     message = str(error.value)
     assert '\n' not in message and not marker.exists()
     if marked:
@@ -235,12 +235,12 @@ def test_harmless_but_foreign_global_is_refused(synthetic_cifar, tmp_path):
     folder = crafted_folder(tmp_path / 'data', synthetic_cifar, collections.OrderedDict(a=1), marked=True)
     with pytest.raises(InputError, match=re.escape(f'{folder / "train"} is not a CIFAR-100 batch: it names the '
                                                    'Python global collections.OrderedDict')):
-        load_cifar100(str(tmp_path / 'data'), train=True)
+        load_cifar(str(tmp_path / 'data'), train=True)
 
 
 def test_official_file_names_need_the_official_md5(synthetic_cifar, tmp_path):
     import torchvision
-    assert OFFICIAL_MD5 == {'train': torchvision.datasets.CIFAR100.train_list[0][1],
+    assert CIFAR100.official_md5 == {'train': torchvision.datasets.CIFAR100.train_list[0][1],
                             'test': torchvision.datasets.CIFAR100.test_list[0][1],
                             'meta': torchvision.datasets.CIFAR100.meta['md5']}
     folder = tmp_path / 'cifar-100-python'
@@ -249,13 +249,13 @@ def test_official_file_names_need_the_official_md5(synthetic_cifar, tmp_path):
     for train in (True, False):
         read_batch.cache_clear()
         with pytest.raises(InputError, match='is not the official CIFAR-100 file'):
-            load_cifar100(str(tmp_path), train=train)
+            load_cifar(str(tmp_path), train=train)
     # a file with the table's md5 loads unmarked; other names are never checked
     path = str(folder / 'train')
     entry = load_cifar_pickle(path, {'train': file_md5(path)}, 'CIFAR-100')
     assert np.array_equal(entry['fine_labels'], raw_batch(synthetic_cifar, 'train')[1])
     os.rename(folder / 'train', folder / 'my_train')
-    assert load_cifar_pickle(str(folder / 'my_train'), OFFICIAL_MD5, 'CIFAR-100')['fine_labels'] == entry['fine_labels']
+    assert load_cifar_pickle(str(folder / 'my_train'), CIFAR100.official_md5, 'CIFAR-100')['fine_labels'] == entry['fine_labels']
 
 
 class Python2Pickler(pickle._Pickler):

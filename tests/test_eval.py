@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Subset
 
-from data.cifar100 import EvalCIFAR100
+from data.cifar100 import EvalCIFAR
 from eval_cifar import (extract_features, full_shot_eval, group_accuracy, linear_probe, prepare_full_shot,
                         probe_accuracy, train_probes)
 from models import SDCLR, PruneMask
@@ -199,7 +199,7 @@ class PooledPixels(nn.Module):
 
 
 def test_extract_features_order_labels_and_mode(synthetic_cifar):
-    dataset = EvalCIFAR100(synthetic_cifar, train=False)
+    dataset = EvalCIFAR(synthetic_cifar, train=False)
     model = PooledPixels().train()
     features, labels = extract_features(model, dataset, torch.device('cpu'), batch_size=64)
     assert model.training  # mode restored
@@ -213,7 +213,7 @@ def test_extract_features_uses_dense_branch_of_sdclr(synthetic_cifar):
     model = SDCLR(network='resnet18')
     PruneMask(model).magnitude_prune(0.9)
     model.backbone.set_prune_flag(True)
-    dataset = Subset(EvalCIFAR100(synthetic_cifar, train=True), np.arange(6))
+    dataset = Subset(EvalCIFAR(synthetic_cifar, train=True), np.arange(6))
     features, _ = extract_features(model, dataset, torch.device('cpu'), batch_size=4)
     images = torch.stack([dataset[i][0] for i in range(6)])
     model.eval()
@@ -236,11 +236,11 @@ def test_full_shot_eval_matches_manual_pipeline(synthetic_cifar, synthetic_split
     assert model.training
 
     # independent pipeline: pooled pixels of the train list and the test set
-    train_set = EvalCIFAR100(synthetic_cifar, train=True)
+    train_set = EvalCIFAR(synthetic_cifar, train=True)
     train_idx = load_split(protocol_files(train_split)['train'], 2000, split_root)
     assert len(train_idx) == 1600
     x = F.adaptive_avg_pool2d(torch.tensor(train_set.images[train_idx]).permute(0, 3, 1, 2) / 255, 4)
-    test_set = EvalCIFAR100(synthetic_cifar, train=False)
+    test_set = EvalCIFAR(synthetic_cifar, train=False)
     x_test = F.adaptive_avg_pool2d(torch.tensor(test_set.images).permute(0, 3, 1, 2) / 255, 4)
     expected = linear_probe(x.flatten(1), torch.tensor(train_set.labels[train_idx]), x_test.flatten(1),
                             torch.tensor(test_set.labels), 100, epochs=30, seed=3)

@@ -11,8 +11,8 @@ from PIL import Image
 
 import plot
 import train
-from data.cifar100 import load_cifar100
-from eval_cifar import class_groups
+from data.cifar100 import load_cifar
+from data.benchmarks import class_groups
 from metrics import QUANTILES, MetricsLog, read_metrics
 from test_train import tiny_split
 
@@ -49,7 +49,7 @@ def test_metrics_lines_after_a_run_and_after_a_resume(bcl_run, synthetic_cifar, 
 
     # the weights of epoch 3's update, per class group of D_i, computed here from the checkpoint
     weights = torch.load(run / 'model_3.pt', weights_only=True)['momentum_weight'].numpy()
-    _, labels = load_cifar100(synthetic_cifar, train=True)
+    _, labels = load_cifar(synthetic_cifar, train=True)
     split_root, _ = synthetic_splits
     labels = labels[np.load(f'{split_root}/{split}')]
     counts = np.bincount(labels, minlength=100)

@@ -507,13 +507,13 @@ def test_rand_k_zero_applies_no_randaugment_op(synthetic_cifar):
     from PIL import Image
     img = Image.new('RGB', (32, 32), (10, 20, 30))
     assert apply_rand_augment(img, 30, [], [], [], []) is img
-    from data.cifar100 import TwoViewCIFAR100
-    from data.memoboosted_cifar100 import MemoBoostedCIFAR100
-    dataset = MemoBoostedCIFAR100(synthetic_cifar, np.arange(4), rand_k=0)
+    from data.cifar100 import TwoViewCIFAR
+    from data.memoboosted_cifar100 import MemoBoostedCIFAR
+    dataset = MemoBoostedCIFAR(synthetic_cifar, np.arange(4), rand_k=0)
     dataset.momentum_weight.fill_(1.0)
     assert dataset.view_params(torch.arange(4)).ops.shape == (4, 2, 0)
     views, position = dataset[2]
-    assert position == 2 and torch.equal(views, TwoViewCIFAR100(synthetic_cifar, np.arange(4))[2][0])
+    assert position == 2 and torch.equal(views, TwoViewCIFAR(synthetic_cifar, np.arange(4))[2][0])
 
 
 def test_eval_freq_zero_and_save_freq_zero(synthetic_cifar, synthetic_splits, base_args, tmp_path, capsys):
@@ -562,14 +562,14 @@ def test_lone_last_sample_trains_sdclr(base_args, tmp_path):
 # ----------------------------------------------------------------------------- data and table errors
 
 def test_corrupt_or_empty_cifar_file_is_named(synthetic_cifar, tmp_path, capsys):
-    from data.cifar100 import load_cifar100
+    from data.cifar100 import load_cifar
     folder = tmp_path / 'data' / 'cifar-100-python'
     shutil.copytree(os.path.join(synthetic_cifar, 'cifar-100-python'), folder)
     for content in (b'', b'\x80\x04garbage'):
         (folder / 'train').write_bytes(content)
-        load_cifar100.__globals__['read_batch'].cache_clear()
+        load_cifar.__globals__['read_batch'].cache_clear()
         with pytest.raises(InputError, match=f'{folder / "train"} is not a readable CIFAR-100 batch'):
-            load_cifar100(str(tmp_path / 'data'), train=True)
+            load_cifar(str(tmp_path / 'data'), train=True)
 
 
 def test_missing_data_folder_names_the_flag(base_args, tmp_path, capsys):

@@ -17,7 +17,7 @@ import checkpoint
 import metrics
 import train
 import utils
-from data.synthetic import write_synthetic_cifar100
+from data.synthetic import write_synthetic_cifar
 from eval_cifar import extract_features, train_probes
 from metrics import read_metrics
 from preemption import StopRequest, Stopped
@@ -63,10 +63,10 @@ def checkpoint_sha256(path):
 
 def test_a_data_file_replaced_is_refused_on_resume(base_args, tmp_path, capsys):
     data = tmp_path / 'data'
-    write_synthetic_cifar100(str(data), 20, 10, seed=0)
+    write_synthetic_cifar(str(data), 'cifar100', 20, 10, seed=0)
     argv = with_flag(['x'] + base_args(tmp_path, epochs=2), '--data_folder', str(data))
     train.main(argv)
-    write_synthetic_cifar100(str(data), 20, 10, seed=1)  # other pixels under the same names
+    write_synthetic_cifar(str(data), 'cifar100', 20, 10, seed=1)  # other pixels under the same names
     message = one_line_error(train.main, argv + ['--resume', '--checkpoint', str(tmp_path / 'x' / 'model_1.pt')],
                              capsys)
     assert 'was trained on data file cifar-100-python/train of ' in message
@@ -124,7 +124,7 @@ def test_a_damaged_training_state_is_one_line_before_anything_changes(kind, base
 
 def test_a_stop_signal_ends_feature_extraction_and_probes_at_their_next_step(synthetic_cifar):
     """Within a batch of features or an epoch of the probe, not after the whole pass."""
-    from data.cifar100 import EvalCIFAR100
+    from data.cifar100 import EvalCIFAR
     calls = []
 
     class Pixels(torch.nn.Module):
@@ -135,7 +135,7 @@ def test_a_stop_signal_ends_feature_extraction_and_probes_at_their_next_step(syn
             return x.mean((2, 3))
     with StopRequest() as stop:
         with pytest.raises(Stopped):
-            extract_features(Pixels(), EvalCIFAR100(synthetic_cifar, train=False), torch.device('cpu'),
+            extract_features(Pixels(), EvalCIFAR(synthetic_cifar, train=False), torch.device('cpu'),
                              batch_size=100, stop=stop)
     assert calls == [100, 100]  # of 10 batches
     stop = StopRequest()
@@ -152,7 +152,7 @@ def small_probe_args(tmp_path_factory):
     import uuid
     from split.generate import main as generate
     from split.resolve import SPLIT_ROOT
-    data = str(write_synthetic_cifar100(str(tmp_path_factory.mktemp('small')), 4, 2, seed=0))
+    data = str(write_synthetic_cifar(str(tmp_path_factory.mktemp('small')), 'cifar100', 4, 2, seed=0))
     family = f'_pytest_small_{uuid.uuid4().hex[:8]}'
     generate(['--data_folder', data, '--name', family, '--val_per_class', '1', '--train_per_class', '2',
               '--imbalance_ratio', '1', '--shot_sizes', '1', '1'])
@@ -329,14 +329,14 @@ WORKER_DRIVER = textwrap.dedent('''
     sys.path.insert(0, {root!r})
     import torch
     import train
-    from data.cifar100 import TwoViewCIFAR100
-    real = TwoViewCIFAR100.__getitems__
+    from data.cifar100 import TwoViewCIFAR
+    real = TwoViewCIFAR.__getitems__
 
     def getitems(self, positions):
         if torch.utils.data.get_worker_info() is not None and int(self.epoch) == 2:
             os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer does to a worker
         return real(self, positions)
-    TwoViewCIFAR100.__getitems__ = getitems
+    TwoViewCIFAR.__getitems__ = getitems
     train.main({argv!r})
 ''')
 

@@ -22,8 +22,9 @@ import torch.nn as nn
 import eval_cifar
 import train
 import train_sdclr
-from data.memoboosted_cifar100 import MemoBoostedCIFAR100, momentum_weight
-from data.synthetic import write_synthetic_cifar100
+import data.benchmarks
+from data.memoboosted_cifar100 import MemoBoostedCIFAR, momentum_weight
+from data.synthetic import write_synthetic_cifar
 from models import SDCLR, PruneMask, SimCLR, build_model
 from split.generate import main as generate_splits
 from split.resolve import SPLIT_ROOT, load_split
@@ -184,7 +185,7 @@ class SmallNet(nn.Module):
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
     """400 train / 100 test images and a split family (train list 3 per class)."""
-    data = write_synthetic_cifar100(str(tmp_path_factory.mktemp('speed_cifar')), 4, 1, seed=1)
+    data = write_synthetic_cifar(str(tmp_path_factory.mktemp('speed_cifar')), 'cifar100', 4, 1, seed=1)
     generate_splits(['--data_folder', data, '--name', TINY, '--val_per_class', '1', '--train_per_class', '3',
                      '--imbalance_ratio', '3', '--shot_sizes', '2', '1'])
     yield data
@@ -237,7 +238,7 @@ def test_test_script_bf16_keeps_features_and_probe_logits_float32(tiny, tmp_path
 
 # ----------------------------------------------------------------------------- persistent workers
 
-class RecordingMemoBoosted(MemoBoostedCIFAR100):
+class RecordingMemoBoosted(MemoBoostedCIFAR):
     """Records, in shared memory, the BCL weight a loader worker read for sample i at its first
     and second read (epoch 1 and epoch 2), and which process read it."""
     created = []
@@ -269,7 +270,7 @@ def test_persistent_workers_see_each_epochs_bcl_weights(synthetic_cifar, synthet
     name = f'{folder}/speed4_D_i.npy'
     os.makedirs(os.path.join(split_root, folder))
     np.save(os.path.join(split_root, name), d_i[::len(d_i) // 4][:4])
-    monkeypatch.setattr(train, 'MemoBoostedCIFAR100', RecordingMemoBoosted)
+    monkeypatch.setattr(data.benchmarks, 'MemoBoostedCIFAR', RecordingMemoBoosted)
     RecordingMemoBoosted.created.clear()
     try:
         train.main(['BCL_fast', '--bcl', '--epochs', '2', '--batch_size', '2', '--num_workers', '2',

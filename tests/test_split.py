@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import split.resolve as resolve
-from data.cifar100 import load_cifar100
+from data.cifar100 import load_cifar
 from split.generate import generate_splits, long_tail_count, main
 from split.resolve import PUBLISHED_SHA256, family_files, load_split, protocol_files, resolve_split
+from data.benchmarks import get_benchmark
 from utils import InputError
 
 SUB = 'cifar100_imbSub_with_subsets/'
@@ -31,7 +32,8 @@ def real_size():
 def test_real_size_counts(real_size):
     labels, arrays = real_size
     files = family_files('')
-    assert sorted(arrays) == sorted(PUBLISHED_SHA256)  # same 17 relative names as the published family
+    # the same 22 relative names as the published family (BCL's 17 and SDCLR's five S_b)
+    assert sorted(arrays) == sorted(get_benchmark('cifar100').splits.published)
     assert all(a.dtype == np.int64 and a.ndim == 1 and np.all(np.diff(a) > 0) for a in arrays.values())
     assert (per_class(arrays[files['train']], labels) == 400).all()
     assert (per_class(arrays[files['val']], labels) == 50).all()
@@ -79,7 +81,7 @@ def test_determinism_and_independent_draws():
     assert all(not np.array_equal(d_i[0], d) for d in d_i[1:])
     # Split k has its own generator: the first two splits do not depend on --num_splits.
     two = generate_splits(labels, seed=3, num_splits=2, **kwargs)
-    assert len(two) == 2 + 3 * 2 and all(np.array_equal(two[n], a[n]) for n in two)
+    assert len(two) == 2 + 4 * 2 and all(np.array_equal(two[n], a[n]) for n in two)
     # The two shot draws are independent: a nested draw (4-shot = start of the 8-shot) would
     # make every class's 4-shot a subset of its 8-shot; independent draws almost never do
     # (probability 70/1820 per class).
@@ -110,7 +112,7 @@ def test_generate_rejects_impossible_sizes(kwargs, message):
 
 def test_cli_family_on_synthetic_folder(synthetic_cifar, synthetic_splits):
     split_root, name = synthetic_splits
-    _, labels = load_cifar100(synthetic_cifar, train=True)
+    _, labels = load_cifar(synthetic_cifar, train=True)
     files = protocol_files(f'{name}/{SUB}cifar100_split1_D_i.npy')
     train = load_split(files['train'], len(labels), split_root)
     val = load_split(files['val'], len(labels), split_root)
@@ -128,7 +130,7 @@ def test_cli_family_on_synthetic_folder(synthetic_cifar, synthetic_splits):
     written = sorted(os.path.relpath(os.path.join(d, f), os.path.join(split_root, name))
                      for d, _, fs in os.walk(os.path.join(split_root, name)) for f in fs)
     # the published layout (other tests add small splits of their own to this shared family), no temp files left
-    assert set(PUBLISHED_SHA256) <= set(written)
+    assert set(get_benchmark('cifar100').splits.published) <= set(written)
     assert not [f for f in written if not f.endswith('.npy')]
 
 
@@ -164,7 +166,7 @@ def served(tmp_path, monkeypatch):
     source = tmp_path / 'source'
     (source / SUB).mkdir(parents=True)
     np.save(source / NAME, np.arange(0, 50000, 7, dtype=np.int64))
-    monkeypatch.setattr(resolve, 'PUBLISHED_URL', (source.as_uri() + '/{name}'))
+    monkeypatch.setitem(resolve.PUBLISHED_URL, NAME, source.as_uri() + '/{name}')
     root = tmp_path / 'root'
     root.mkdir()
     return source / NAME, str(root)
@@ -268,7 +270,7 @@ def test_protocol_files():
     assert published['shots'][100] == [f'{SUB}cifar100_split{k}_test_100shot.npy' for k in range(1, 6)]
     assert published['shots'][50] == [f'{SUB}cifar100_split{k}_test_50shot.npy' for k in range(1, 6)]
     names = [published['train'], published['val']] + published['shots'][100] + published['shots'][50]
-    assert set(names) <= set(PUBLISHED_SHA256) and len(PUBLISHED_SHA256) == 17
+    assert set(names) <= set(PUBLISHED_SHA256) and len(get_benchmark('cifar100').splits.published) == 22
     generated = protocol_files(f'./mine/{SUB}cifar100_split1_D_i.npy')
     assert generated['train'] == 'mine/cifar100/cifar100_trainIdxList.npy'
     assert generated['shots'][50][4] == f'mine/{SUB}cifar100_split5_test_50shot.npy'

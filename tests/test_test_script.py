@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import gpus_flag
-from data.synthetic import write_synthetic_cifar100
+from data.synthetic import write_synthetic_cifar
 from eval_cifar import group_accuracy, linear_probe
 from models import SDCLR, SimCLR
 from split.generate import main as generate_splits
@@ -39,7 +39,7 @@ def tiny(tmp_path_factory):
     """The data folder: 400 train / 100 test images; its split family (in the real split/
     folder, removed afterwards): train list 3 per class, D_i with imbalance ratio 3,
     '100-shot' = 2 and '50-shot' = 1 per class."""
-    data = write_synthetic_cifar100(str(tmp_path_factory.mktemp('tiny_cifar')), 4, 1, seed=1)
+    data = write_synthetic_cifar(str(tmp_path_factory.mktemp('tiny_cifar')), 'cifar100', 4, 1, seed=1)
     generate_splits(['--data_folder', data, '--name', TINY, '--val_per_class', '1', '--train_per_class', '3',
                      '--imbalance_ratio', '3', '--shot_sizes', '2', '1'])
     yield data
@@ -110,8 +110,8 @@ def test_results_json_structure_and_numbers(bcl_i_run, tiny):
     assert len(full['per_class']) == 100 and all(0 <= a <= 100 for a in full['per_class'])
     assert np.mean(full['per_class']) == pytest.approx(full['top1'], abs=1e-4)  # one test image per class
     # groups by the class counts of the checkpoint's split (split 2), recomputed here
-    from data.cifar100 import load_cifar100
-    _, labels = load_cifar100(tiny, train=True)
+    from data.cifar100 import load_cifar
+    _, labels = load_cifar(tiny, train=True)
     d_i = np.load(os.path.join(SPLIT_ROOT, SPLIT.format(k=2)))
     assert full['class_counts'] == np.bincount(labels[d_i], minlength=100).tolist()
     groups = group_accuracy(full['per_class'], np.bincount(labels[d_i], minlength=100))
@@ -138,8 +138,8 @@ def test_one_feature_pass_and_probes_on_the_right_subsets(bcl_i_run, tiny):
              for g in ('100shot', '50shot')}
     pool = list(pool_set.indices)
     assert sorted(pool) == sorted(set(train_list).union(*shots['100shot'], *shots['50shot']))
-    from data.cifar100 import load_cifar100
-    np.testing.assert_array_equal(labels.numpy(), load_cifar100(tiny, train=True)[1][pool])
+    from data.cifar100 import load_cifar
+    np.testing.assert_array_equal(labels.numpy(), load_cifar(tiny, train=True)[1][pool])
     assert len(test_set) == 100 and features.shape == (len(pool), 512)
 
     def probe(subset):  # a separate probe on that subset's rows of the recorded features
@@ -241,7 +241,7 @@ def test_command_line_error_exit(checkpoints):
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == ('error: nothing to evaluate: pass at least one of '
-                                                    '--test_fullshot --test_100shot --test_50shot')
+                                                    '--test_fullshot --test_100shot --test_50shot --test_fewshot')
     assert 'Traceback' not in proc.stderr
 
 

@@ -15,9 +15,9 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
 from data.augmentations import augment_view
-from data.cifar100 import TwoViewCIFAR100
+from data.cifar100 import TwoViewCIFAR
 from data.keyed_random import keyed_uniforms, mix64
-from data.memoboosted_cifar100 import MemoBoostedCIFAR100
+from data.memoboosted_cifar100 import MemoBoostedCIFAR
 from data.randaug import NUM_OPS, OPS, SIGNED
 from data.sampler import EpochBatchSampler
 import data.view_params as view_params
@@ -313,7 +313,7 @@ def test_augment_view_is_torchvision_given_the_same_parameters(monkeypatch):
 def test_views_are_the_same_in_workers_and_in_the_main_process(synthetic_cifar):
     """BCL k=2 views made by 2 persistent workers, over two epochs, equal those the main process
     makes for the same (seed, epoch, position); a new epoch gives new views."""
-    dataset = MemoBoostedCIFAR100(synthetic_cifar, np.arange(24), rand_k=2, seed=9)
+    dataset = MemoBoostedCIFAR(synthetic_cifar, np.arange(24), rand_k=2, seed=9)
     dataset.update_momentum_weight(np.arange(24.0))
     sampler = EpochBatchSampler(len(dataset), 5, seed=9)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=2, persistent_workers=True)
@@ -331,7 +331,7 @@ def test_views_are_the_same_in_workers_and_in_the_main_process(synthetic_cifar):
 
 
 def test_plain_dataset_views_depend_on_seed_epoch_and_position(synthetic_cifar):
-    dataset = TwoViewCIFAR100(synthetic_cifar, np.arange(6), seed=1)
+    dataset = TwoViewCIFAR(synthetic_cifar, np.arange(6), seed=1)
     dataset.set_epoch(2)
     first = dataset.__getitems__([4, 1, 5])
     assert [p for _, p in first] == [4, 1, 5]
@@ -339,6 +339,6 @@ def test_plain_dataset_views_depend_on_seed_epoch_and_position(synthetic_cifar):
     assert torch.equal(dataset[-1][0], dataset[5][0]) and dataset[-1][1] == 5  # the same key as position 5
     with pytest.raises(IndexError):
         dataset[6]
-    other_seed = TwoViewCIFAR100(synthetic_cifar, np.arange(6), seed=2)
+    other_seed = TwoViewCIFAR(synthetic_cifar, np.arange(6), seed=2)
     other_seed.set_epoch(2)
     assert not torch.equal(other_seed[1][0][0], dataset[1][0][0])

@@ -1,0 +1,198 @@
+"""eval_sdclr.py: SDCLR's linear evaluation against the straightforward published loop
+(benchmarks/sdclr_probe.reference_probe), its views against torchvision's PIL ops, its lr
+schedule against MultiStepLR, its model selection, and no host read in its training loop."""
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from torchvision.transforms import functional as TF
+
+import eval_sdclr
+from eval_sdclr import CIFAR_VIEWS, FEW_SHOT, FULL_SHOT, LR, keep_best, lr_at, sdclr_probe, train_fc
+from models import build_model
+from preemption import Stopped
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+from sdclr_probe import random_set, reference_probe  # noqa: E402
+
+CPU = torch.device('cpu')
+
+
+class TinyNet(nn.Module):
+    """A small backbone with what matters here: BatchNorm (random running statistics, so that a
+    module left in train mode changes the features) and spatial features (a wrong crop or flip
+    changes them)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+                                  nn.Flatten())
+        self.body[1].running_mean.uniform_(-0.5, 0.5)
+        self.body[1].running_var.uniform_(0.5, 2)
+
+    def features(self, x):
+        return self.body(x)
+
+
+def data(sizes, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [random_set(n, 10, generator) for n in sizes]
+
+
+def test_fast_probe_equals_reference_loop():
+    """300 images: chunks of 256 (two fc batches) and 44 against per-batch forwards of 128, 128,
+    44, over 4 epochs with the lr dropping twice. Measured on the 2-core CPU: the fc weights
+    (|w| up to ~20) are bit-identical (max abs difference 0.0). Shifting the lr schedule by one
+    epoch, dropping momentum, or flipping the other way moves them by > 1; the tolerance (1e-4)
+    only leaves room for another CPU's summation order."""
+    model = TinyNet()
+    sets = data((300, 100, 100))
+    settings = dict(epochs=4, milestones=(2, 3), test_freq=1, seed=3)
+    fast = sdclr_probe(model, *sets, 10, CPU, chunk=256, **settings)
+    reference = reference_probe(model, *sets, 10, CPU, **settings)
+    for fc in ('fc', 'last_fc'):
+        for name in ('weight', 'bias'):
+            torch.testing.assert_close(fast[fc][name], reference[fc][name], rtol=0, atol=1e-4)
+    assert fast['best_epoch'] == reference['best_epoch']
+    assert fast['top1'] == pytest.approx(reference['top1'])
+    assert fast['top5'] == pytest.approx(reference['top5'])
+    np.testing.assert_allclose(fast['per_class'], reference['per_class'], rtol=1e-6)
+    assert fast['val_top1'] == pytest.approx(reference['val_top1'])
+
+
+def test_resnet18_dense_branch_equals_reference_and_is_left_unchanged():
+    """The real network (SDCLR ResNet-18, dense branch) on 64 images for 2 epochs: the same fc as
+    the reference loop (measured: max abs difference 0.0), and the model comes back in its mode
+    with its weights and BatchNorm statistics untouched."""
+    model = build_model(True, 'resnet18', 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sets = data((64, 32, 32))
+    settings = dict(epochs=2, milestones=(1,), test_freq=1, seed=0)
+    fast = sdclr_probe(model, *sets, 10, CPU, **settings)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    reference = reference_probe(model, *sets, 10, CPU, **settings)
+    torch.testing.assert_close(fast['last_fc']['weight'], reference['last_fc']['weight'], rtol=0, atol=1e-4)
+    assert (fast['best_epoch'], fast['top1']) == (reference['best_epoch'], pytest.approx(reference['top1']))
+    assert set(fast) >= {'top1', 'top5', 'per_class', 'best_epoch', 'val_top1'} and fast['per_class'].shape == (10,)
+
+
+def test_views_equal_torchvision_pil_ops():
+    """Every corner offset (0 and 8), a middle one, flips on and off, and a non-square image
+    (a swapped height and width would show): pixel for pixel torchvision's pad + crop + hflip +
+    to_tensor; the evaluation views are to_tensor."""
+    generator = torch.Generator().manual_seed(0)
+    params = torch.tensor([(top, left, flip) for top in (0, 3, 8) for left in (0, 5, 8) for flip in (0, 1)])
+    for height, width in ((32, 32), (20, 28)):
+        images = torch.randint(0, 256, (len(params), height, width, 3), dtype=torch.uint8, generator=generator)
+        views = CIFAR_VIEWS.train_views(images, params)
+        for image, view, (top, left, flip) in zip(images.numpy(), views, params.tolist()):
+            pil = TF.crop(TF.pad(TF.to_pil_image(image), 4), top, left, height, width)
+            assert torch.equal(view, TF.to_tensor(TF.hflip(pil) if flip else pil)), (top, left, flip)
+        assert torch.equal(CIFAR_VIEWS.eval_views(images), torch.stack([TF.to_tensor(i) for i in images.numpy()]))
+    draws = CIFAR_VIEWS.draw(2000, generator)
+    assert set(draws[:, :2].flatten().tolist()) == set(range(9)) and set(draws[:, 2].tolist()) == {0, 1}
+
+
+def test_shared_draws():
+    """What the reference loop takes from eval_sdclr, so the equality test cannot check it: a
+    fresh permutation each epoch, the fc's Normal(0, 0.01) weights and zero bias."""
+    generator = torch.Generator().manual_seed(0)
+    orders = [eval_sdclr.epoch_draws(1000, CIFAR_VIEWS, generator)[0] for _ in range(2)]
+    assert all(torch.equal(o.sort().values, torch.arange(1000)) for o in orders)
+    assert not torch.equal(orders[0], orders[1]) and not torch.equal(orders[0], torch.arange(1000))
+    weight, bias = eval_sdclr.initial_fc(512, 100, generator)
+    assert weight.shape == (100, 512) and torch.equal(bias, torch.zeros(100))
+    assert abs(weight.mean().item()) < 1e-3 and weight.std().item() == pytest.approx(0.01, rel=0.02)
+
+
+@pytest.mark.parametrize('protocol', [FULL_SHOT, FEW_SHOT])
+def test_lr_schedule_is_multisteplr_stepped_at_epoch_start(protocol):
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=LR)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(protocol['milestones']), gamma=0.1)
+    published = []
+    for _ in range(protocol['epochs']):
+        optimizer.step()  # (only to keep torch from warning about the order)
+        scheduler.step()  # the published loop: at the start of the epoch
+        published.append(optimizer.param_groups[0]['lr'])
+    assert [lr_at(e, protocol['milestones']) for e in range(1, protocol['epochs'] + 1)] == published
+    first, second = protocol['milestones']
+    assert published[first - 2] == 30 and published[first - 1] == pytest.approx(3)
+    assert published[second - 1] == pytest.approx(0.3) and published[-1] == pytest.approx(0.3)
+
+
+def test_keep_best_takes_strictly_higher_only():
+    """Validation hits 3, 5, 5, 4: the fc of epoch 2 is kept (a tie or a drop keeps the earlier)."""
+    weights = [torch.full((2, 3), float(e)) for e in range(5)]
+    best = (torch.tensor(-1), torch.tensor(0), weights[0], weights[0][0])
+    for epoch, hits in zip((1, 2, 3, 4), (3, 5, 5, 4)):
+        best = keep_best(best, torch.tensor(hits), epoch, weights[epoch], weights[epoch][0])
+    assert (best[0].item(), best[1].item()) == (5, 2)
+    assert torch.equal(best[2], weights[2]) and torch.equal(best[3], weights[2][0])
+
+
+def test_selected_fc_is_the_best_epochs():
+    """End to end: the validation top-1 drops after its best epoch, and the returned fc is the fc
+    a run stopped at that epoch ends with (the same draws), not the last one."""
+    model, sets = TinyNet(), data((200, 100, 100), seed=1)
+    settings = dict(milestones=(5,), test_freq=1, seed=0)
+    result = sdclr_probe(model, *sets, 10, CPU, epochs=6, **settings)
+    history = list(result['val_history'].values())
+    best = int(np.argmax(history)) + 1  # the first maximum
+    assert best < 6 and min(history[best:]) < history[best - 1], history  # the case this test is for
+    assert (result['best_epoch'], result['val_top1']) == (best, max(history))
+    stopped = sdclr_probe(model, *sets, 10, CPU, epochs=best, **settings)
+    assert torch.equal(result['fc']['weight'], stopped['last_fc']['weight'])
+    assert not torch.equal(result['fc']['weight'], result['last_fc']['weight'])
+
+
+def _features_of(model, sets):
+    val_features = eval_sdclr._features(model, CIFAR_VIEWS.eval_views(sets[1][0]), 'none', torch.contiguous_format)
+    return val_features, sets[1][1]
+
+
+def test_training_reads_no_device_value(monkeypatch):
+    """train_fc on the CPU with every way of reading a tensor on the host made to raise: its steps,
+    draws and model selection never read one (on CUDA that would be a sync per step)."""
+    model, sets = TinyNet().eval(), data((300, 50, 1))
+    val_features, val_labels = _features_of(model, sets)
+
+    def read(*args, **kwargs):
+        raise AssertionError('host read of a tensor')
+    with monkeypatch.context() as patch:
+        for name in ('item', 'tolist', 'cpu', 'numpy', '__bool__', '__int__', '__float__', '__index__'):
+            patch.setattr(torch.Tensor, name, read)
+        with pytest.raises(AssertionError):
+            torch.zeros(()).item()
+        fc = train_fc(model, sets[0], val_features, val_labels, 10, epochs=3, milestones=(2,), test_freq=1,
+                      chunk=128)
+    assert fc['val_correct'].shape == (3,)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_training_does_not_sync_on_cuda():
+    """CUDA's own check (sync debug mode 'error'): no synchronising call in train_fc."""
+    device = torch.device('cuda')
+    model = TinyNet().to(device).eval()
+    sets = [(images.to(device), labels.to(device)) for images, labels in data((300, 50, 1))]
+    val_features, val_labels = _features_of(model, sets)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        fc = train_fc(model, sets[0], val_features, val_labels, 10, epochs=3, milestones=(2,), test_freq=1,
+                      chunk=128)
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    assert fc['val_correct'].shape == (3,)
+
+
+def test_stop_request_ends_the_probe():
+    class Requested:
+        requested = 'SIGTERM'
+    with pytest.raises(Stopped):
+        sdclr_probe(TinyNet(), *data((10, 10, 10)), 10, CPU, epochs=2, milestones=(1,), test_freq=1,
+                    stop=Requested())
