@@ -19,12 +19,11 @@ import warnings
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.benchmarks import DEFAULT, class_groups, get_benchmark
 from preemption import check, ignore_in_worker, workers_start_shielded
-from split.resolve import load_split, protocol_files
 from utils import InputError
 
 PROBE_EPOCHS = 500
@@ -201,11 +200,17 @@ def linear_probe(train_features, train_labels, test_features, test_labels, num_c
 
 def group_accuracy(per_class_acc, class_counts, rule=class_groups):
     """Design 6: {'many', 'medium', 'few', 'std'} from per-class accuracy and D_i class counts, grouped
-    by the benchmark's `rule` (data.benchmarks.class_groups on CIFAR). Std is the population std (numpy default) of the three group means."""
+    by the benchmark's `rule` (data.benchmarks.class_groups on CIFAR). Std is the population std (numpy default) of the
+    three group means. A class absent from the test set (nan) counts in no group's mean."""
     per_class_acc, class_counts = np.asarray(per_class_acc, dtype=np.float64), np.asarray(class_counts)
     if per_class_acc.shape != class_counts.shape or per_class_acc.ndim != 1:
         raise ValueError(f'need one accuracy per class count, got {per_class_acc.shape} and {class_counts.shape}')
-    groups = {name: float(per_class_acc[ids].mean()) for name, ids in zip(GROUPS, rule(class_counts))}
+
+    def mean(values):  # over the classes the test set has; nan for a group without one (tiny synthetic lists)
+        values = values[~np.isnan(values)]
+        return float(values.mean()) if len(values) else float('nan')
+
+    groups = {name: mean(per_class_acc[ids]) for name, ids in zip(GROUPS, rule(class_counts))}
     groups['std'] = float(np.std([groups['many'], groups['medium'], groups['few']]))
     return groups
 
@@ -217,14 +222,7 @@ def prepare_full_shot(data_folder, train_split, disable_hint=None, benchmark=Non
     'benchmark'}. `disable_hint` (e.g. '--eval_freq 0') is added to errors: how to run without the probe."""
     benchmark = benchmark or get_benchmark(DEFAULT)
     try:
-        train_set = benchmark.eval_dataset(data_folder, train=True)
-        labels = train_set.labels
-        train_idx = load_split(protocol_files(train_split, benchmark)['train'], len(labels), labels=labels,
-                               benchmark=benchmark)
-        class_counts = np.bincount(labels[load_split(train_split, len(labels), labels=labels, benchmark=benchmark)],
-                                   minlength=benchmark.num_classes)
-        return {'train_set': Subset(train_set, train_idx), 'test_set': benchmark.eval_dataset(data_folder, train=False),
-                'class_counts': class_counts, 'benchmark': benchmark}
+        return {**benchmark.full_shot_sets(data_folder, train_split), 'benchmark': benchmark}
     except InputError as error:
         if disable_hint is None:
             raise

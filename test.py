@@ -44,7 +44,6 @@ from eval_cifar import PROBE_EPOCHS, extract_features, group_accuracy, probe_acc
 from eval_sdclr import FEW_SHOT as SDCLR_FEW_SHOT, FULL_SHOT as SDCLR_FULL_SHOT, sdclr_probe
 from models import build_model, load_pretrained
 from preemption import loader_worker_death
-from split.resolve import load_split, protocol_files
 from utils import ArgumentParser, InputError, compile_model, fail, get_device, int_in, set_cudnn, set_seed
 
 METHODS = ('SimCLR', 'SDCLR', 'BCL-I', 'BCL-D')
@@ -74,7 +73,7 @@ def get_parser():
                              'linear layer on augmented views, SGD lr 30)')
     parser.add_argument('--save_dir', default='', help='accepted as published, unused (see --output)')
     parser.add_argument('--model', default=None, choices=['resnet18', 'resnet50'],
-                        help="network; default: the checkpoint's, else resnet18")
+                        help="network; default: the checkpoint's, else the benchmark's (CIFAR: resnet18)")
     parser.add_argument('--seed', type=int_in(0, 2 ** 32 - 1), default=10,
                         help='seed of the probes (init and batch order)')
     parser.add_argument('--gpus', default='0', help="CUDA device id (first of a comma list), or 'cpu'")
@@ -150,7 +149,7 @@ def evaluation_inputs(args, checkpoint):
     if owner is not None and owner is not benchmark:
         raise InputError(f'--trainSplit {train_split} is a {owner.title} split, not {benchmark.title}: pass '
                          f'--dataset {owner.name}, or a {benchmark.title} split')
-    return benchmark, train_split, args.model or saved.get('model') or 'resnet18'
+    return benchmark, train_split, args.model or saved.get('model') or benchmark.defaults(args.prune)['model']
 
 
 def wanted_groups(args, benchmark):
@@ -162,7 +161,11 @@ def wanted_groups(args, benchmark):
                          '--test_fewshot')
     if args.protocol not in benchmark.protocols:
         raise InputError(f'{benchmark.title} has no --protocol {args.protocol}: use one of {", ".join(benchmark.protocols)}')
+    full_shot = getattr(benchmark, 'probe_lists', {'fullshot': None})  # CIFAR: always (its train list)
     for group in groups:
+        if group == 'fullshot' and group not in full_shot:
+            have = ' '.join(f'--test_{g}' for g in benchmark.probe_sets)
+            raise InputError(f'{benchmark.title} has no full-shot list: its probe sets are {have}')
         if group != 'fullshot' and group not in benchmark.probe_sets:
             have = ' '.join(f'--test_{g}' for g in benchmark.probe_sets)
             raise InputError(f'{benchmark.title} has no {GROUP_NAMES[group]} subsets: its probe sets are {have}')
@@ -187,24 +190,16 @@ def evaluate(args, output):
     set_seed(args.seed)
     del checkpoint
     # by path, so that its errors name the file (it reads the file again: well under a second)
-    model = load_pretrained(build_model(args.prune, network, benchmark.num_classes), args.checkpoint)
+    model = build_model(args.prune, network, benchmark.num_classes, **benchmark.model_options(args.prune))
+    model = load_pretrained(model, args.checkpoint)
     model = model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
     if args.compile:
         compile_model(model, 'features')
 
     # every split first, so that a missing one fails before the slow part
-    train_set = benchmark.eval_dataset(args.data_folder, train=True)
-    labels = train_set.labels
-    files = protocol_files(train_split, benchmark)
-
-    def load(name):
-        return load_split(name, len(labels), labels=labels, benchmark=benchmark)
-
-    class_counts = (np.bincount(labels[load(train_split)], minlength=benchmark.num_classes)
-                    if 'fullshot' in groups else None)  # D_i's counts: the full-shot probe's Many/Medium/Few
-    index_sets = {group: [load(files['train'])] if group == 'fullshot'
-                  else [load(f) for f in files['subsets'][benchmark.probe_sets[group]]] for group in groups}
-    test_set = benchmark.eval_dataset(args.data_folder, train=False)
+    sets = benchmark.evaluation_sets(args.data_folder, train_split, groups, args.protocol)
+    train_set, test_set, index_sets, class_counts = (sets[k] for k in ('train_set', 'test_set', 'index_sets',
+                                                                        'class_counts'))
     results = {'method': method, 'model': 'SDCLR' if args.prune else 'SimCLR', 'network': network,
                'dataset': benchmark.name, 'protocol': args.protocol,
                'checkpoint': os.path.abspath(args.checkpoint), **trained, 'split': train_split, 'seed': args.seed,
@@ -212,8 +207,7 @@ def evaluate(args, output):
                **{group: None for group in ('fullshot',) + PROBE_GROUPS}}
     speed = {'amp': args.amp, 'channels_last': args.channels_last}
     if args.protocol == 'sdclr':
-        val_idx = load(files['val'])
-        results.update(sdclr_probes(model, train_set, test_set, val_idx, index_sets, benchmark, class_counts,
+        results.update(sdclr_probes(model, train_set, test_set, sets['val_idx'], index_sets, benchmark, class_counts,
                                     device, args.seed, **speed))
         return results
 
@@ -261,7 +255,10 @@ def group_results(group, accuracies, class_counts, groups_rule):
                 'class_counts': np.asarray(class_counts).tolist()}  # of D_i, for plot.py
     top1 = [a['top1'] for a in accuracies]
     mean, std = mean_std(top1)
-    return {'top1': top1, 'mean': mean, 'std': std, 'top5': [a['top5'] for a in accuracies]}
+    result = {'top1': top1, 'mean': mean, 'std': std, 'top5': [a['top5'] for a in accuracies]}
+    if len(accuracies) == 1 and class_counts is not None:  # one probe list (design 9.4): its Many/Medium/Few too
+        result['groups'] = group_accuracy(accuracies[0]['per_class'], class_counts, groups_rule)
+    return result
 
 
 def run_probes(train_features, train_labels, test_features, test_labels, pool, index_sets, probe_epochs, seed,
@@ -432,6 +429,10 @@ def print_results(results):
             r = results[group]
             print(f'{GROUP_NAMES[group]:<10} top-1 ' + ' '.join(f'{a:6.2f}' for a in r['top1'])
                   + f'  mean {r["mean"]:.2f} ± {r["std"]:.2f}')
+            if 'groups' in r:
+                g = r['groups']
+                print(f'           Many {g["many"]:6.2f}  Medium {g["medium"]:6.2f}  Few {g["few"]:6.2f}  '
+                      f'Std {g["std"]:6.2f}')
     groups = table_groups(dataset, protocol, [results])
     print('\n' + markdown_table([(f'{label} (this checkpoint)', result_cells([results], groups))]
                                 + published_rows(candidate_methods(results), groups), groups))

@@ -23,7 +23,7 @@ from tqdm import tqdm
 import checkpoint
 import training_state
 from checkpoint import Checkpoints
-from data.benchmarks import BENCHMARKS, DEFAULT, benchmark_of, get_benchmark
+from data.benchmarks import BENCHMARKS, DEFAULT, ImageListBenchmark, benchmark_of, get_benchmark
 from data.device_views import DeviceViews
 from data.sampler import EpochBatchSampler
 from distributed import Distributed, from_environment, global_batch_norm
@@ -35,7 +35,6 @@ from models import build_model
 from models.utils import load_pretrained
 from preemption import (Preempted, StopRequest, Stopped, ignore_in_worker, loader_worker_death,
                         workers_start_shielded)
-from split.resolve import load_split
 from training_state import RESUME_ADVICE, Parts, check_inputs, input_digests, method_name
 from utils import (ArgumentParser, InputError, Logger, compile_model, cosine_annealing, fail, float_in,
                    int_in, keyed_seed, set_cudnn, set_seed)
@@ -80,7 +79,8 @@ def get_parser(sdclr):
     parser.add_argument('experiment', type=experiment_name, help='run name: checkpoints go to SAVE_DIR/EXPERIMENT/')
     parser.add_argument('--save_dir', default='checkpoints')
     parser.add_argument('--data_folder', default='',
-                        help="folder holding torchvision's cifar-100-python/ (cifar10: cifar-10-batches-py/)")
+                        help="folder holding torchvision's cifar-100-python/ (cifar10: cifar-10-batches-py/; the "
+                             "ImageNet-scale sets: the ImageNet or Places365 root their lists name files under)")
     parser.add_argument('--dataset', default=DEFAULT, choices=sorted(BENCHMARKS), help='the benchmark')
     parser.add_argument('--trainSplit', default=None,
                         help="pre-training split, relative to split/ (default: the benchmark's split 1 D_i)")
@@ -88,7 +88,8 @@ def get_parser(sdclr):
                                                     "under torchrun each rank uses cuda:LOCAL_RANK ('cpu': gloo)")
     parser.add_argument('--seed', type=int_in(0, 2 ** 32 - 1), default=10)
     parser.add_argument('--num_workers', type=int_in(0), default=8)
-    parser.add_argument('--model', default='resnet18', choices=['resnet18', 'resnet50'])
+    parser.add_argument('--model', default=None, choices=['resnet18', 'resnet50'],
+                        help='the network; CIFAR: resnet18 (CIFAR stem), ImageNet-scale sets: resnet50 (ImageNet stem)')
     parser.add_argument('--batch_size', type=int_in(2), default=None,
                         help='samples per step (at least 2: NT-Xent needs negatives, BatchNorm two values); 512')
     parser.add_argument('--epochs', type=int_in(1), default=None, help='2000')
@@ -112,8 +113,8 @@ def get_parser(sdclr):
     parser.add_argument('--temperature', type=float_in(0, None, low_open=True), default=None, help='0.2')
     parser.add_argument('--bcl', action='store_true', help='memory-boosted augmentation (BCL)')
     parser.add_argument('--momentum_loss_beta', type=float_in(0, 1), default=0.97)
-    parser.add_argument('--rand_k', type=int_in(0), default=1,
-                        help='RandAugment ops per view (BCL; 0: none)')
+    parser.add_argument('--rand_k', type=int_in(0), default=None,
+                        help='RandAugment ops per view (BCL; 0: none); CIFAR: 1, ImageNet-scale sets: 2')
     parser.add_argument('--rand_strength', type=int_in(0, 30), default=30,
                         help='maximum RandAugment magnitude, in [0, 30] (BCL)')
     parser.add_argument('--prune_percent', type=float_in(0, 1, high_open=True), default=None,
@@ -159,6 +160,9 @@ def parse_args(argv, sdclr):
     if owner is not None and owner is not benchmark:
         parser.error(f'--trainSplit {args.trainSplit} is a {owner.title} split: pass --dataset {owner.name} '
                      f'(now {args.dataset})')
+    if args.gpu_aug and isinstance(benchmark, ImageListBenchmark):  # issue 24
+        parser.error(f'--gpu_aug makes 32 px CIFAR views; {benchmark.title} trains at 224 px on the loader path '
+                     '(drop --gpu_aug)')
     if sdclr and args.random_prune_percent > args.prune_percent:
         parser.error(f'--random_prune_percent {args.random_prune_percent} must not exceed '
                      f'--prune_percent {args.prune_percent} (it is part of it)')
@@ -356,10 +360,8 @@ def training_data(args):
     """Design 1: the pre-training dataset of the split (it indexes the benchmark's train set), and the
     in-training probe's data when a probe will run; everything read and checked before epoch 1."""
     benchmark = get_benchmark(args.dataset)
-    train_labels = benchmark.labels(args.data_folder)
-    indices = load_split(args.trainSplit, len(train_labels), labels=train_labels, benchmark=benchmark)
-    dataset = benchmark.two_view_dataset(args.data_folder, indices, args.bcl, args.rand_k, args.rand_strength,
-                                         args.seed)
+    dataset = benchmark.training_set(args.data_folder, args.trainSplit, args.bcl, args.rand_k, args.rand_strength,
+                                     args.seed)
     if len(dataset) < 2:
         raise InputError(f'split {args.trainSplit} holds {len(dataset)} image(s): contrastive training needs at least 2')
     probes = bool(args.eval_freq) and args.eval_freq <= args.epochs
@@ -407,7 +409,8 @@ def build_parts(args, dist):
     sampler = EpochBatchSampler(len(dataset), args.batch_size, args.seed, dist.rank, dist.world_size)
     check_shares(sampler)
     loader = make_loader(dataset, sampler, args, device)
-    model = build_model(prune=args.sdclr, network=args.model, num_class=args.num_class)
+    model = build_model(prune=args.sdclr, network=args.model, num_class=args.num_class,
+                        **get_benchmark(args.dataset).model_options(args.sdclr))
     if dist.enabled:
         global_batch_norm(model)  # design 5's BatchNorm over the global batch
     if args.checkpoint and not args.resume:

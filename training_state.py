@@ -34,7 +34,7 @@ def input_digests(args):
     the split file and the benchmark's train batches (CIFAR-100: `train`, CIFAR-10: data_batch_1..5;
     0.15 s for 150 MB on the 2-core CI machine)."""
     root = os.path.abspath(args.data_folder or '.')
-    paths = get_benchmark(args.dataset).source.paths(args.data_folder, train=True)
+    paths = get_benchmark(args.dataset).input_files(args.data_folder)
     return {'split': {'name': args.trainSplit, 'sha256': sha256(resolve_split(args.trainSplit))},
             'data': {os.path.relpath(path, root): {'size': os.path.getsize(path), 'sha256': sha256(path)}
                      for path in paths}}

@@ -96,7 +96,7 @@ sys.path.insert(0, ROOT)
 import checkpoint  # noqa: E402
 import train  # noqa: E402
 import train_sdclr  # noqa: E402
-from data.benchmarks import BENCHMARKS, DEFAULT, get_benchmark  # noqa: E402
+from data.benchmarks import DEFAULT, INDEX_SPLIT_BENCHMARKS, get_benchmark  # noqa: E402
 from data.device_views import DeviceViews  # noqa: E402
 from data.sampler import EpochBatchSampler  # noqa: E402
 from data.safe_pickle import mark_not_official  # noqa: E402
@@ -145,7 +145,7 @@ PIPELINES = {'SimCLR': 'base', 'SDCLR': 'base', 'BCL-I': 'BCL k=1', 'BCL-D': 'BC
 def get_parser():
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description='Speed benchmark of training, evaluation and data loading.')
-    parser.add_argument('--dataset', default=DEFAULT, choices=sorted(BENCHMARKS),
+    parser.add_argument('--dataset', default=DEFAULT, choices=sorted(INDEX_SPLIT_BENCHMARKS),
                         help='the benchmark (data/benchmarks/): its data layout, splits and classes')
     parser.add_argument('--data_folder', default='',
                         help="the --dataset's folder to use (default: a synthetic one of the real size, cached in "

@@ -50,8 +50,8 @@ from utils import fail  # noqa: E402
 
 TOTAL_S = 480  # 8 minutes on one H100/H200
 BUDGETS = {  # seconds on a GPU; --smoke: the CPU budgets
-    'cuda_tests': (170, 30), 'quick_start': (45, 60), 'training': (165, 35), 'device_augment': (15, 12),
-    'checkpoint': (15, 15), 'torchrun': (35, 50), 'test_py': (20, 25), 'probe': (15, 12)}
+    'cuda_tests': (170, 30), 'quick_start': (45, 60), 'training': (140, 35), 'device_augment': (15, 12),
+    'checkpoint': (15, 15), 'torchrun': (35, 50), 'test_py': (20, 25), 'probe': (15, 20), 'sdclr_probe': (25, 25)}
 SMOKE_TOTAL_S = 180
 TRAIN_METHODS = ('BCL-D', 'SimCLR')
 TRAIN_CONFIGS = ('baseline', 'baseline_fp32', 'default', 'tf32', 'all', 'all_gpu_aug')
@@ -278,9 +278,20 @@ def part_probe(ctx):
                'hours_per_2000_epochs': seconds * (bench.EPOCHS // bench.EVAL_FREQ) / 3600})
 
 
+def part_sdclr_probe(ctx):
+    """test.py --protocol sdclr's linear layer (eval_sdclr.sdclr_probe) against the straightforward published
+    loop in one run (benchmarks/sdclr_probe.py: 2 full-shot epochs, CIFAR-sized data; --smoke: tiny)."""
+    import sdclr_probe
+    smoke = ['--epochs', '1', '--sizes', '128', '64', '64', '--workers', '0']
+    result = sdclr_probe.main(['--device', ctx.device.type] + (smoke if ctx.smoke else ['--epochs', '2']))
+    ctx.write({k: result[k] for k in ('sizes', 'chunk', 'workers', 'epochs', 'speed_up',
+                                      'max_abs_diff_last_fc_weight')}
+              | {f'{name}_images_per_s': rate for name, rate in result['images_per_s'].items()})
+
+
 PARTS = {'cuda_tests': part_cuda_tests, 'quick_start': part_quick_start, 'training': part_training,
          'device_augment': part_device_augment, 'checkpoint': part_checkpoint, 'torchrun': part_torchrun,
-         'test_py': part_test_py, 'probe': part_probe}
+         'test_py': part_test_py, 'probe': part_probe, 'sdclr_probe': part_sdclr_probe}
 
 
 class PartContext:

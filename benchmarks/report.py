@@ -33,7 +33,8 @@ PART_TITLES = {
     'cuda_tests': 'CUDA half of the test suite', 'quick_start': 'README quick start', 'training': 'training benchmark',
     'device_augment': '--gpu_aug augmentation alone', 'checkpoint': 'background checkpoint write',
     'torchrun': 'torchrun --nproc_per_node 1 (NCCL) vs plain run', 'test_py': 'test.py on a checkpoint',
-    'probe': 'in-training probe', 'eval': 'test.py evaluation (bench.py)', 'loader': 'loader ceiling'}
+    'probe': 'in-training probe', 'sdclr_probe': 'test.py --protocol sdclr probe vs the published loop',
+    'eval': 'test.py evaluation (bench.py)', 'loader': 'loader ceiling'}
 CONFIG_NAMES = {'baseline': 'published loop, torch defaults (TF32 conv.)',
                 'baseline_fp32': 'published loop, exact float32 (second reference)',
                 'default': 'default (exact float32)', 'persistent': '`--persistent_workers`',

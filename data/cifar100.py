@@ -16,11 +16,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 import torchvision
-from torchvision.transforms import functional as F
 
-from data.augmentations import augment_view, eval_transform
+from data.augmentations import eval_transform, render_views
 from data.safe_pickle import load_cifar_pickle, official_md5s
-from data.view_params import draw_views
+from data.view_params import CIFAR, draw_views
 from utils import InputError, keyed_seed
 
 AUGMENT_STREAM = 2  # keyed_seed(seed, epoch, AUGMENT_STREAM) keys the views (the sample order uses (seed, epoch))
@@ -136,26 +135,32 @@ class TwoViewCIFAR(Dataset):
         return keyed_seed(self.seed, int(self.epoch), AUGMENT_STREAM)
 
     rand_k, rand_strength, momentum_weight = 0, 30, None  # no RandAugment (MemoBoostedCIFAR has it)
+    recipe = CIFAR  # design 1.2's views (data.view_params.ViewRecipe)
 
-    def view_params(self, positions, momentum_weight=None):
+    def view_params(self, positions, momentum_weight=None, sizes=None):
         """data.view_params.ViewParams of the samples at `positions` (int64 tensor) this epoch;
         BCL's weights read from `momentum_weight` (a copy on the positions' device) or, by default,
-        from self.momentum_weight."""
+        from self.momentum_weight. `sizes`: the images' (height, width), int64 [B, 2] (default: all
+        of self.images' size)."""
         weight = self.momentum_weight if momentum_weight is None else momentum_weight
-        return draw_views(self.views_key(), positions, self.images.shape[1:3], self.rand_k,
-                          None if weight is None else weight[positions], self.rand_strength)
+        return draw_views(self.views_key(), positions, self.images.shape[1:3] if sizes is None else sizes,
+                          self.rand_k, None if weight is None else weight[positions], self.rand_strength, self.recipe)
 
     def __getitems__(self, positions):
         positions = [range(len(self))[p] for p in positions]  # -1 is N-1 (the same key), too large: IndexError
-        params = self.view_params(torch.as_tensor(positions, dtype=torch.int64)).per_view()
-        return [(self.render(position, views), position) for position, views in zip(positions, params)]
+        images = [self.image(position) for position in positions]  # each decoded once (as published)
+        params = self.view_params(torch.as_tensor(positions, dtype=torch.int64), sizes=self.image_sizes(images))
+        return [(render_views(img, views, self.recipe), position)
+                for img, views, position in zip(images, params.per_view(), positions)]
 
     def __getitem__(self, position):
         return self.__getitems__([position])[0]
 
-    def render(self, position, views):
-        img = Image.fromarray(self.images[position])
-        return torch.stack([F.to_tensor(augment_view(img, view)) for view in views])
+    def image(self, position):
+        return Image.fromarray(self.images[position])
+
+    def image_sizes(self, images):
+        return None  # all 32 x 32
 
 
 class EvalCIFAR(Dataset):

@@ -43,14 +43,16 @@ def mix64(x):
     return x ^ _shift_right(x, 31)
 
 
-def keyed_uniforms(key, positions, views, num_slots):
+def keyed_uniforms(key, positions, views, num_slots, first_slot=0):
     """float64 uniforms in [0, 1), shape [len(positions), len(views), num_slots], on the device of
     `positions` (an int64 tensor); element [b, v, s] is a function of (key, positions[b],
-    views[v], s) alone. `key` is a 63-bit int (utils.keyed_seed of the seed and epoch)."""
-    if num_slots > SLOTS or not all(0 <= v < VIEWS for v in views):
-        raise ValueError(f'at most {SLOTS} slots and views in [0, {VIEWS}), got {num_slots}, {views}')
+    views[v], first_slot + s) alone. `key` is a 63-bit int (utils.keyed_seed of the seed and
+    epoch). `first_slot` reads a later block of slots without drawing the ones before it."""
+    if not 0 <= first_slot <= first_slot + num_slots <= SLOTS or not all(0 <= v < VIEWS for v in views):
+        raise ValueError(f'slots in [0, {SLOTS}) and views in [0, {VIEWS}), got {num_slots} slots from '
+                         f'{first_slot}, views {views}')
     device = positions.device
-    slot = torch.arange(num_slots, dtype=torch.int64, device=device)
+    slot = torch.arange(first_slot, first_slot + num_slots, dtype=torch.int64, device=device)
     rows = torch.stack([positions.long() * VIEWS + view for view in views], 1)  # no host data sent
     counter = rows[..., None] * SLOTS + slot
     second_key = int(mix64(torch.tensor(key, dtype=torch.int64)).item())

@@ -28,17 +28,16 @@ def momentum_weight(momentum_loss):
     return z / scale / 2 + 0.5
 
 
-class MemoBoostedCIFAR(TwoViewCIFAR):
-    """Two-view dataset whose RandAugment strength and probability follow per-sample weights:
-    view_params draws RandAugmentProb(k, m_i, p=w_i) after the base views (design 1.4; with
+class MemoryBoost:
+    """BCL's per-sample weights on a keyed two-view dataset (TwoViewCIFAR, data/image_list_datasets.py):
+    view_params then draws RandAugmentProb(k, m_i, p=w_i) after the base views (design 1.4, 9.3; with
     k >= 2 both views of a sample share its u, hence m_i)."""
 
-    def __init__(self, data_folder, indices, rand_k=1, rand_strength=30, seed=0, download=True, source=CIFAR100):
-        super().__init__(data_folder, indices, seed=seed, download=download, source=source)
+    def boost(self, rand_k, rand_strength):
         self.rand_k, self.rand_strength = rand_k, rand_strength
         # Shared memory, updated in place: DataLoader workers (persistent ones included)
         # map the same storage, so they see the new weights at the next epoch.
-        self.momentum_weight = torch.zeros(len(self.indices), dtype=torch.float64).share_memory_()
+        self.momentum_weight = torch.zeros(len(self), dtype=torch.float64).share_memory_()
 
     def update_momentum_weight(self, momentum_loss):
         """Set the weights from this epoch's momentum losses (length N, dataset order)."""
@@ -47,3 +46,11 @@ class MemoBoostedCIFAR(TwoViewCIFAR):
             raise ValueError(f'momentum loss has shape {tuple(weight.shape)}, '
                              f'expected {tuple(self.momentum_weight.shape)}')
         self.momentum_weight.copy_(weight)
+
+
+class MemoBoostedCIFAR(MemoryBoost, TwoViewCIFAR):
+    """Two-view CIFAR dataset whose RandAugment strength and probability follow per-sample weights."""
+
+    def __init__(self, data_folder, indices, rand_k=1, rand_strength=30, seed=0, download=True, source=CIFAR100):
+        super().__init__(data_folder, indices, seed=seed, download=download, source=source)
+        self.boost(rand_k, rand_strength)

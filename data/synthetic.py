@@ -7,13 +7,20 @@ random) features does clearly better than chance.
 
     python -m data.synthetic example_data --train_per_class 20 --test_per_class 10 [--dataset cifar10]
 
-This file is a numpy-only script (no torch): it writes the layouts itself.
+The ImageNet-scale benchmarks (design 9) get real JPEG files of varied sizes and aspect ratios in
+ImageNet's layout (`train/nXXXXXXXX/nXXXXXXXX_J.JPEG`, `val/...`), with lists in the published
+`RELPATH LABEL` format under split/FAMILY/ at the published relative names:
+
+    python -m data.synthetic example_jpegs --dataset imagenet100_lt --family example_in100
+
+The CIFAR writer is numpy-only (no torch): it writes the layouts itself.
 """
 import argparse
 import os
 import pickle
 
 import numpy as np
+from PIL import Image
 
 from data.safe_pickle import NOT_OFFICIAL, mark_not_official
 
@@ -84,14 +91,71 @@ def write_synthetic_cifar(root, dataset='cifar100', train_per_class=20, test_per
     return root
 
 
+IMAGE_LIST_DATASETS = ('imagenet100_lt', 'imagenet_lt', 'imagenet_lt_exp', 'places_lt')
+
+
+def _jpeg(path, label, rng, sizes):
+    """A real JPEG of class `label` (its colour and stripes, plus noise) of a random size in `sizes`."""
+    height, width = rng.randint(sizes[0], sizes[1] + 1, size=2)
+    class_rng = np.random.RandomState(1000 + label)
+    colour = class_rng.randint(40, 216, size=3)
+    yy, xx = np.mgrid[0:height, 0:width] / float(max(height, width))
+    stripes = np.sin(2 * np.pi * (1 + label % 7) * (xx + yy * (label % 3)))
+    pixels = colour[None, None, :] + 40 * stripes[:, :, None] + rng.normal(0, 20, size=(height, width, 3))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def write_synthetic_imagenet(data_root, split_root, family, dataset='imagenet100_lt', num_classes=4, head=5, tail=2,
+                             probe_per_class=2, test_per_class=2, sizes=(40, 120), seed=0):
+    """A folder of real JPEGs for an ImageNet-scale benchmark and its lists, at split_root/family/<the
+    benchmark's published list names>: a long-tailed pre-training list (head down to tail images a class,
+    exponentially), each probe list (probe_per_class a class, other images of train/) and the test list
+    (test_per_class a class, in val/). Labels are 0..num_classes-1. Returns {'lists': {'TRAIN', 'TEST' and
+    each probe group: list name relative to split_root}, 'data_root'}."""
+    from data.benchmarks import get_benchmark
+    benchmark = get_benchmark(dataset)
+    rng = np.random.RandomState(seed)
+    roles = {'TRAIN': benchmark.default_split, **benchmark.probe_lists, 'TEST': benchmark.test_list}
+    per_class = {'TRAIN': [int(head * (tail / head) ** (r / max(num_classes - 1, 1)) + 1e-9)
+                           for r in range(num_classes)],
+                 'TEST': [test_per_class] * num_classes}
+    lists, written = {}, 0
+    for role, name in roles.items():
+        lines = []
+        for label in range(num_classes):
+            wnid = f'n{label:08d}' if dataset != 'places_lt' else f'category_{label}'
+            folder = 'val' if role == 'TEST' else 'train'
+            for _ in range(per_class.get(role, [probe_per_class] * num_classes)[label]):
+                rel = f'{folder}/{wnid}/{wnid}_{written}.JPEG'
+                _jpeg(os.path.join(data_root, rel), label, rng, sizes)
+                lines.append(f'{rel} {label}\n')
+                written += 1
+        path = os.path.join(split_root, family, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'w') as f:
+            f.writelines(lines)
+        lists[role] = f'{family}/{name}'
+    return {'lists': lists, 'data_root': os.path.abspath(data_root)}
+
+
 def main():
-    parser = argparse.ArgumentParser(description='Write a synthetic CIFAR-100 or CIFAR-10 folder.')
+    parser = argparse.ArgumentParser(description='Write a synthetic CIFAR-100 or CIFAR-10 folder, or JPEGs and lists '
+                                                 'for an ImageNet-scale benchmark.')
     parser.add_argument('root', help='folder to create (use it as --data_folder)')
-    parser.add_argument('--dataset', default='cifar100', choices=sorted(LAYOUTS))
+    parser.add_argument('--dataset', default='cifar100', choices=sorted(LAYOUTS) + list(IMAGE_LIST_DATASETS))
     parser.add_argument('--train_per_class', type=int, default=20)
     parser.add_argument('--test_per_class', type=int, default=10)
+    parser.add_argument('--family', default='example', help='ImageNet-scale sets: the lists go to split/FAMILY/')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args()
+    if args.dataset in IMAGE_LIST_DATASETS:
+        from split.resolve import SPLIT_ROOT
+        written = write_synthetic_imagenet(args.root, SPLIT_ROOT, args.family, args.dataset, num_classes=10, head=16,
+                                           tail=2, probe_per_class=2, test_per_class=2, seed=args.seed)
+        print(f'wrote synthetic {args.dataset} JPEGs to {written["data_root"]}; pre-training list: '
+              f'--trainSplit {written["lists"]["TRAIN"]}')
+        return
     write_synthetic_cifar(args.root, args.dataset, args.train_per_class, args.test_per_class, args.seed)
     print(f'wrote synthetic {args.dataset} to {os.path.join(args.root, LAYOUTS[args.dataset][0])}')
 

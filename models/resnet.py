@@ -1,4 +1,7 @@
-"""CIFAR ResNet-18/50 of design 3: 3x3 stem without max-pool, normalisation inside.
+"""ResNet-18/50 of design 3, normalisation inside, with one of two stems (`stem`):
+'cifar' (design 3: conv 3x3/1, BN, ReLU, no max-pool) or 'imagenet' (design 9.2,
+torchvision's: conv 7x7/2 pad 3, BN, ReLU, MaxPool(3, 2, 1)). Both name the stem conv1/bn1,
+as the published CIFAR and ImageNet code does, so checkpoints map one-to-one.
 
 The layer types are arguments so that the pruned dual-BN network of SDCLR
 (models/resnet_prune_multibn.py) is this same network with other convolutions,
@@ -7,6 +10,9 @@ BatchNorms and shortcut modules.
 import torch.nn as nn
 
 from models.utils import Normalize, init_weights
+from utils import InputError
+
+STEMS = ('cifar', 'imagenet')
 
 
 def plain_shortcut(in_planes, out_planes, stride):
@@ -65,10 +71,17 @@ class ResNet(nn.Module):
     """forward(x) = fc(forward_features(x)); fc is the identity until a model puts a head there."""
 
     def __init__(self, block, num_blocks, conv=nn.Conv2d, norm=nn.BatchNorm2d,
-                 shortcut=plain_shortcut):
+                 shortcut=plain_shortcut, stem='cifar'):
         super().__init__()
+        if stem not in STEMS:
+            raise InputError(f'unknown stem {stem!r}: use one of {", ".join(STEMS)}')
         self.normalize = Normalize()
-        self.conv1 = conv(3, 64, 3, 1, 1, bias=False)
+        if stem == 'cifar':
+            self.conv1 = conv(3, 64, 3, 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = conv(3, 64, 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
         self.bn1 = norm(64)
         self.relu = nn.ReLU(inplace=True)
         in_planes, stages = 64, []
@@ -86,7 +99,7 @@ class ResNet(nn.Module):
         init_weights(self)
 
     def forward_features(self, x):
-        x = self.relu(self.bn1(self.conv1(self.normalize(x))))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(self.normalize(x)))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.avgpool(x).flatten(1)
 

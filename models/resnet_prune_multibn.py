@@ -55,12 +55,13 @@ class PrunableShortcut(nn.Module):
 
 
 class PruneResNet(ResNet):
-    """The ResNet with prunable convs and paired BNs; the SDCLR head sits at `fc`."""
+    """The ResNet with prunable convs (the stem's too, either stem) and paired BNs; the SDCLR
+    head (`head_layers` Linear layers, design 3 / 9.2) sits at `fc`."""
 
-    def __init__(self, block, num_blocks):
+    def __init__(self, block, num_blocks, stem='cifar', head_layers=2):
         super().__init__(block, num_blocks, conv=PrunableConv2d, norm=PairedBatchNorm,
-                         shortcut=PrunableShortcut)
-        self.fc = ProjectionHead(self.feature_dim, norm=paired_batch_norm_1d)
+                         shortcut=PrunableShortcut, stem=stem)
+        self.fc = ProjectionHead(self.feature_dim, norm=paired_batch_norm_1d, layers=head_layers)
 
     def set_prune_flag(self, flag):
         """Select the pruned (True) or dense (False) branch in every conv and BN, head included."""
@@ -69,9 +70,9 @@ class PruneResNet(ResNet):
                 m.prune_flag = bool(flag)
 
 
-def prune_resnet18_dual():
-    return PruneResNet(BasicBlock, (2, 2, 2, 2))
+def prune_resnet18_dual(**options):
+    return PruneResNet(BasicBlock, (2, 2, 2, 2), **options)
 
 
-def prune_resnet50_dual():
-    return PruneResNet(Bottleneck, (3, 4, 6, 3))
+def prune_resnet50_dual(**options):
+    return PruneResNet(Bottleneck, (3, 4, 6, 3), **options)

@@ -15,13 +15,15 @@ class SDCLR(nn.Module):
     features(x) -> dense-branch backbone output before the head (turns the prune flag off).
 
     `num_class` is accepted for the shared model API; a contrastive model has no classifier.
+    `stem` is 'cifar' or 'imagenet' (models.resnet), `head_layers` 2 (GH, design 9.2) or 3
+    (the SDCLR repository's ImageNet SDCLR), see models.utils.ProjectionHead.
     """
 
-    def __init__(self, num_class=100, network='resnet18'):
+    def __init__(self, num_class=100, network='resnet18', stem='cifar', head_layers=2):
         super().__init__()
         if network not in NETWORKS:
             raise InputError(f'unknown network {network!r}: use one of {", ".join(NETWORKS)}')
-        self.backbone = NETWORKS[network]()
+        self.backbone = NETWORKS[network](stem=stem, head_layers=head_layers)
 
     def features(self, x):
         self.backbone.set_prune_flag(False)  # design 6: features come from the dense branch

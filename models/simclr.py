@@ -1,4 +1,4 @@
-"""SimCLR (design 3): CIFAR ResNet backbone (fc = identity) + projection head."""
+"""SimCLR (design 3, 9.2): ResNet backbone (fc = identity) + projection head."""
 import torch.nn as nn
 
 from models.resnet import resnet18, resnet50
@@ -12,15 +12,16 @@ class SimCLR(nn.Module):
     """forward(x) -> [B, 128] projection; features(x) -> backbone output [B, 512|2048].
 
     `num_class` is accepted for the shared model API; a contrastive model has no classifier
-    (the linear probe is trained on features(x) separately).
+    (the linear probe is trained on features(x) separately). `stem` is 'cifar' or 'imagenet'
+    (models.resnet), `head_layers` 2 or 3 (models.utils.ProjectionHead).
     """
 
-    def __init__(self, num_class=100, network='resnet18'):
+    def __init__(self, num_class=100, network='resnet18', stem='cifar', head_layers=2):
         super().__init__()
         if network not in NETWORKS:
             raise InputError(f'unknown network {network!r}: use one of {", ".join(NETWORKS)}')
-        self.backbone = NETWORKS[network]()
-        self.projector = ProjectionHead(self.backbone.feature_dim)
+        self.backbone = NETWORKS[network](stem=stem)
+        self.projector = ProjectionHead(self.backbone.feature_dim, layers=head_layers)
 
     def features(self, x):
         return self.backbone(x)

@@ -33,7 +33,7 @@ import os
 
 import numpy as np
 
-from data.benchmarks import BENCHMARKS, DEFAULT, get_benchmark, long_tail_count
+from data.benchmarks import DEFAULT, INDEX_SPLIT_BENCHMARKS, get_benchmark, long_tail_count
 from split.resolve import SPLIT_ROOT, family_files
 from utils import InputError, fail
 
@@ -104,7 +104,8 @@ def generate_splits(labels, seed=0, val_per_class=None, train_per_class=None, po
     return arrays
 
 
-PUBLISHED_FOLDERS = sorted({name.split('/')[0] for b in BENCHMARKS.values() for name in b.splits.published})
+PUBLISHED_FOLDERS = sorted({name.split("/")[0] for b in INDEX_SPLIT_BENCHMARKS.values()
+                            for name in b.splits.published})
 
 
 def check_family_name(name):
@@ -139,7 +140,7 @@ def write_splits(arrays, split_root, name):
 def main(argv=None, split_root=SPLIT_ROOT):
     parser = argparse.ArgumentParser(description='Generate long-tailed split files with the published protocol '
                                                  '(design 1.1, 9.1); the defaults are the --dataset\'s.')
-    parser.add_argument('--dataset', default=DEFAULT, choices=sorted(BENCHMARKS))
+    parser.add_argument('--dataset', default=DEFAULT, choices=sorted(INDEX_SPLIT_BENCHMARKS))
     parser.add_argument('--data_folder', required=True, help='the dataset\'s folder (as torchvision downloads it)')
     parser.add_argument('--name', required=True, help='family name: files go to split/NAME/')
     parser.add_argument('--seed', type=int, default=0)

@@ -14,14 +14,21 @@ import urllib.request
 
 import numpy as np
 
-from data.benchmarks import BENCHMARKS, DEFAULT, get_benchmark, long_tail_count
+from data.benchmarks import (BENCHMARKS, DEFAULT, INDEX_SPLIT_BENCHMARKS, ImageListBenchmark, get_benchmark,
+                             long_tail_count)
+from data.image_list import read_image_list
 from utils import InputError
 
 SPLIT_ROOT = os.path.dirname(os.path.abspath(__file__))
-# every benchmark's published files (data/benchmarks/): name -> URL template, name -> SHA-256
-PUBLISHED_URL = {name: url for b in BENCHMARKS.values() for name, (url, _) in b.splits.published.items()}
-PUBLISHED_SHA256 = {name: sha for b in BENCHMARKS.values() for name, (_, sha) in b.splits.published.items()}
-PUBLISHED_ROLE = {name: (b, role) for b in BENCHMARKS.values()
+# every benchmark's published files (data/benchmarks/): name -> (URL template, pin), pin a SHA-256 or
+# 'git-blob:' + git's blob id (design 9.1 pins the largest lists that way)
+PUBLISHED = {name: entry for b in BENCHMARKS.values()
+             for name, entry in (b.published if isinstance(b, ImageListBenchmark) else b.splits.published).items()}
+PUBLISHED_URL = {name: url for name, (url, _) in PUBLISHED.items()}
+PUBLISHED_SHA256 = {name: pin for name, (_, pin) in PUBLISHED.items()}  # the pins (most are SHA-256)
+PUBLISHED_OWNER = {name: b for b in BENCHMARKS.values()
+                   for name in (b.published if isinstance(b, ImageListBenchmark) else b.splits.published)}
+PUBLISHED_ROLE = {name: (b, role) for b in INDEX_SPLIT_BENCHMARKS.values()
                   for role, names in [('train', [b.splits.train]), ('val', [b.splits.val]),
                                       ('D_i', b.splits.files()['D_i']), *b.splits.files()['subsets'].items()]
                   for name in names if name in b.splits.published}
@@ -29,6 +36,9 @@ PUBLISHED_ROLE = {name: (b, role) for b in BENCHMARKS.values()
 
 def generate_hint(benchmark=None):
     benchmark = benchmark or get_benchmark(DEFAULT)
+    if isinstance(benchmark, ImageListBenchmark):
+        return ('write a list of your own in the same format ("RELPATH LABEL" a line) under split/ and pass it as '
+                '--trainSplit')
     flag = '' if benchmark.name == DEFAULT else f' --dataset {benchmark.name}'
     return (f'generate splits with `python -m split.generate{flag} --data_folder DATA --name NAME` and pass '
             f'`--trainSplit NAME/{benchmark.default_split}`')
@@ -63,6 +73,24 @@ def sha256(path):
     return digest.hexdigest()
 
 
+def git_blob_id(path):
+    """What `git hash-object` prints for the file: sha1 of b"blob <size>\\0" + its bytes (design 9.1)."""
+    digest = hashlib.sha1(b'blob %d\0' % os.path.getsize(path))
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 22), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_pin(path, pin):
+    """The file's digest in the kind of `pin`: 'git-blob:' + its blob id, or its SHA-256."""
+    return 'git-blob:' + git_blob_id(path) if pin.startswith('git-blob:') else sha256(path)
+
+
+def pin_kind(pin):
+    return 'git blob id' if pin.startswith('git-blob:') else 'SHA-256'
+
+
 def _download(url, path):
     """Write the bytes at `url` to `path` (tests replace this or point the URL at a file://)."""
     with urllib.request.urlopen(url, timeout=30) as response, open(path, 'wb') as f:
@@ -72,14 +100,14 @@ def _download(url, path):
 def _fetch_published(name, path):
     """Download published `name` to `path`: temp file in the same folder, sum check, rename."""
     url = PUBLISHED_URL[name].format(name=name)
-    benchmark, _ = PUBLISHED_ROLE[name]
+    benchmark = PUBLISHED_OWNER[name]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f'{path}.{os.getpid()}.download'
     try:
         _download(url, tmp)
-        got = sha256(tmp)
+        got = file_pin(tmp, PUBLISHED_SHA256[name])
         if got != PUBLISHED_SHA256[name]:
-            raise ValueError(f'its SHA-256 is {got}, not the published {PUBLISHED_SHA256[name]}')
+            raise ValueError(f'its {pin_kind(got)} is {got}, not the published {PUBLISHED_SHA256[name]}')
         os.replace(tmp, path)
     except Exception as e:  # network, disk or checksum: one error with both remedies
         raise InputError(f'split {name} is missing and fetching {url} failed ({e}); nothing was kept. '
@@ -98,9 +126,10 @@ def resolve_split(name, split_root=SPLIT_ROOT, benchmark=None):
     if rel in PUBLISHED_SHA256:
         if not os.path.exists(path):
             _fetch_published(rel, path)
-        elif sha256(path) != PUBLISHED_SHA256[rel]:
-            raise InputError(f'{path} differs from the published {rel} (SHA-256 mismatch); delete it to '
-                             f'fetch the published file again, or {generate_hint(PUBLISHED_ROLE[rel][0])}')
+        elif file_pin(path, PUBLISHED_SHA256[rel]) != PUBLISHED_SHA256[rel]:
+            raise InputError(f'{path} differs from the published {rel} ({pin_kind(PUBLISHED_SHA256[rel])} '
+                             f'mismatch); delete it to fetch the published file again, or '
+                             f'{generate_hint(PUBLISHED_OWNER[rel])}')
     elif not os.path.isfile(path):
         raise InputError(f'split {name} not found at {path} (and it is not a published split name); '
                          f'{generate_hint(benchmark)}')
@@ -134,6 +163,26 @@ def load_split(name, dataset_size, split_root=SPLIT_ROOT, labels=None, benchmark
     if labels is not None and rel in PUBLISHED_ROLE:
         check_published_counts(rel, indices, labels)
     return indices.astype(np.int64)
+
+
+def load_image_list(name, num_classes, split_root=SPLIT_ROOT):
+    """The image list `name` (relative to split_root; a published one fetched and checked against its pin, its
+    line count against design 9.1's, its labels fixed where 9.1 names a defect), as a data.image_list.ImageList."""
+    rel = posixpath.normpath(name)
+    owner = PUBLISHED_OWNER.get(rel)
+    image_list = read_image_list(resolve_split(name, split_root, owner), num_classes)
+    if owner is not None:
+        expected = owner.lines.get(rel)
+        if expected is not None and len(image_list) != expected:
+            raise InputError(f'the published list {rel} has {len(image_list):,} images, not {expected:,} (design 9.1): '
+                             f'delete {os.path.join(split_root, rel)} to fetch it again')
+        fix = owner.label_fixes.get(rel)
+        if fix:
+            labels = image_list.labels.copy()
+            for published, ours in fix.items():
+                labels[image_list.labels == published] = ours
+            image_list.labels = labels
+    return image_list
 
 
 def expected_counts(benchmark, role, per_class_total):

@@ -216,3 +216,61 @@ def test_cifar10_both_protocols_and_table(cifar10_folder, cifar10_family, tmp_pa
     assert f'| SDCLR (5 probe epochs) | {bcl["fullshot"]["top1"]:.2f} |' in design6
     assert f'| SDCLR | {sdclr["fullshot"]["top1"]:.2f} | {sdclr["fewshot"]["mean"]:.2f} ± ' in sdclr_table
     assert json.load(open(tmp_path / 'sdclr.json'))['probe_epochs'] is None
+
+
+def test_cifar10_gpu_aug_trains_the_same_run(cifar10_folder, cifar10_family, tmp_path):
+    """BCL-D on CIFAR-10-LT with --gpu_aug (views made by data/device_views.py) against the PIL loader path,
+    2 epochs: the same pixels, so the weights, momentum losses and BCL weights end bit-identical, as on
+    CIFAR-100 (tests/test_train.py)."""
+    script, extra = METHODS['BCL-D']
+    _, _, tiny = cifar10_family
+    pil = run_train(script, 'pil', extra, tmp_path, tiny, cifar10_folder)
+    device = run_train(script, 'gpu_aug', extra + ['--gpu_aug'], tmp_path, tiny, cifar10_folder)
+    assert device['args']['gpu_aug'] and device['args']['dataset'] == 'cifar10'
+    assert all(torch.equal(pil['state_dict'][k], device['state_dict'][k]) for k in pil['state_dict'])
+    assert torch.equal(pil['momentum_loss'], device['momentum_loss'])
+    assert torch.equal(pil['momentum_weight'], device['momentum_weight']) and device['momentum_weight'].std() > 0.1
+
+
+def test_cifar10_two_processes_train_the_one_process_run(cifar10_folder, cifar10_family, tmp_path):
+    """BCL-D on CIFAR-10-LT by 1 process and by 2 (gloo, float64, as tests/test_distributed.py does for
+    CIFAR-100): the same weights, momentum losses and BCL weights within that test's tolerance."""
+    from test_distributed import TOLERANCE, difference, launch
+    _, _, tiny = cifar10_family
+    for world_size in (1, 2):
+        argv = [f'w{world_size}', '--dataset', 'cifar10', '--bcl', '--rand_k', '2', '--data_folder', cifar10_folder,
+                '--trainSplit', tiny, '--epochs', '2', '--batch_size', '8', '--gpus', 'cpu', '--num_workers', '0',
+                '--eval_freq', '0', '--save_freq', '0', '--save_dir', str(tmp_path)]
+        assert launch(world_size, 'BCL-D', argv) == [0] * world_size
+    one = torch.load(tmp_path / 'w1' / 'model.pt', weights_only=True)
+    two = torch.load(tmp_path / 'w2' / 'model.pt', weights_only=True)
+    assert one['args']['dataset'] == two['args']['dataset'] == 'cifar10' and one['epoch'] == two['epoch'] == 2
+    assert difference(one, two) <= TOLERANCE
+
+
+def test_cifar100_sdclr_protocol_few_shot_on_s_b(tmp_path, monkeypatch):
+    """test.py --protocol sdclr on CIFAR-100-LT (SDCLR's S_b sets there, design 9.4): five few-shot linear layers on
+    a generated family's S_b (1 a class here: D_i's smallest class), 100 classes each. A small folder (1 test image
+    a class) and a schedule cut to 2 epochs keep it affordable (the 100-epoch loop is tests/test_eval_sdclr.py's)."""
+    from models import build_model
+    monkeypatch.setattr(test_script, 'SDCLR_FEW_SHOT', {'epochs': 2, 'milestones': (1, 2), 'test_freq': 1})
+    folder = str(write_synthetic_cifar(str(tmp_path / 'data'), 'cifar100', 6, 1, seed=1))
+    family = f'_pytest_{uuid.uuid4().hex[:8]}'
+    try:
+        generate_main(['--data_folder', folder, '--name', family, '--val_per_class', '1', '--train_per_class', '4',
+                       '--imbalance_ratio', '5', '--shot_sizes', '2', '1'])
+        d_i = f'{family}/cifar100_imbSub_with_subsets/cifar100_split1_D_i.npy'
+        s_b = load_split(f'{family}/cifar100_imbSub_with_subsets/cifar100_split2_S_b.npy', 600)
+        assert len(s_b) == 100  # one image of each class
+        torch.manual_seed(0)
+        checkpoint = tmp_path / 'model.pt'
+        torch.save({'state_dict': build_model(prune=True).state_dict(), 'epoch': 1}, checkpoint)
+        results = test_script.main(['--checkpoint', str(checkpoint), '--prune', '--data_folder', folder,
+                                    '--trainSplit', d_i, '--gpus', 'cpu', '--num_workers', '0', '--protocol', 'sdclr',
+                                    '--test_fewshot', '--output', str(tmp_path / 'sdclr.json')])
+    finally:
+        shutil.rmtree(os.path.join(SPLIT_ROOT, family), ignore_errors=True)
+    assert (results['dataset'], results['protocol'], results['fullshot']) == ('cifar100', 'sdclr', None)
+    few = results['fewshot']
+    assert len(few['top1']) == 5 and len(few['best_epoch']) == 5 and len(few['val_top1']) == 5
+    assert few['mean'] == pytest.approx(np.mean(few['top1'])) and all(e in (1, 2) for e in few['best_epoch'])

@@ -196,7 +196,7 @@ def test_test_script_bf16_keeps_features_and_probe_logits_float32(tiny, tmp_path
     torch.manual_seed(0)
     checkpoint = tmp_path / 'small.pt'
     torch.save(SmallNet().state_dict(), checkpoint)
-    monkeypatch.setattr(test_script, 'build_model', lambda prune, network, num_class: SmallNet())
+    monkeypatch.setattr(test_script, 'build_model', lambda prune, network, num_class, **model: SmallNet())
     extracted, logit_dtypes = [], []
     extract, probe_logits = test_script.extract_features, eval_cifar._probe_logits
 
@@ -251,14 +251,14 @@ class RecordingMemoBoosted(MemoBoostedCIFAR):
         self.seen_pid = torch.zeros(2, n, dtype=torch.long).share_memory_()
         RecordingMemoBoosted.created.append(self)
 
-    def view_params(self, positions):
+    def view_params(self, positions, momentum_weight=None, sizes=None):
         for i in positions.tolist():
             read = int(self.reads[i])
             if read < 2:
                 self.seen_weight[read, i] = float(self.momentum_weight[i])
                 self.seen_pid[read, i] = os.getpid()
             self.reads[i] += 1
-        return super().view_params(positions)
+        return super().view_params(positions, momentum_weight, sizes)
 
 
 def test_persistent_workers_see_each_epochs_bcl_weights(synthetic_cifar, synthetic_splits, tmp_path, monkeypatch):

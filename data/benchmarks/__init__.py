@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
+from torch.utils.data import Subset
 
 from data.cifar100 import CifarSource, EvalCIFAR, TwoViewCIFAR, load_cifar
 from data.memoboosted_cifar100 import MemoBoostedCIFAR
@@ -90,6 +91,19 @@ class SplitFamily:
         return head if marker and (not head or head.endswith('/')) else None
 
 
+def count_groups(class_counts, many=100, few=20):
+    """Design 9.4's rule of ImageNet-100-LT, ImageNet-LT and Places-LT: (many, medium, few), arrays of
+    class ids, by the pre-training count: Many > 100, Medium 20..100, Few < 20 images."""
+    counts = np.asarray(class_counts)
+    ids = np.arange(len(counts))
+    return ids[counts > many], ids[(counts >= few) & (counts <= many)], ids[counts < few]
+
+
+def recipe_defaults(recipe, sdclr):
+    """A recipe's argument defaults for train.py (sdclr False) or train_sdclr.py."""
+    return {**recipe.get('both', {}), **recipe.get('sdclr' if sdclr else 'simclr', {})}
+
+
 @dataclass(frozen=True)
 class Benchmark:
     name: str  # the --dataset value
@@ -108,11 +122,62 @@ class Benchmark:
         return self.source.num_classes
 
     def defaults(self, sdclr):
-        """The recipe's argument defaults for train.py (sdclr False) or train_sdclr.py."""
-        return {**self.recipe.get('both', {}), **self.recipe.get('sdclr' if sdclr else 'simclr', {})}
+        return recipe_defaults(self.recipe, sdclr)
+
+    def model_options(self, sdclr):
+        """models.build_model's stem and head (design 3: the CIFAR ones)."""
+        return {'stem': 'cifar', 'head_layers': 2}
+
+    def owns(self, train_split):
+        """Whether `train_split` (a normalised name relative to split/) lies in this benchmark's layout."""
+        return self.splits.prefix_of(train_split) is not None
 
     def labels(self, data_folder, train=True):
         return load_cifar(data_folder, train, self.source)[1]
+
+    def input_files(self, data_folder):
+        """The image files a run trains on (train.py digests them, so a resume on other data is refused)."""
+        return self.source.paths(data_folder, train=True)
+
+    def training_set(self, data_folder, train_split, bcl, rand_k, rand_strength, seed):
+        """Design 1: the two-view pre-training dataset of `train_split` (an index file into the train set;
+        design 1.4's memory-boosted one with `bcl`), read and checked."""
+        from split.resolve import load_split
+        labels = self.labels(data_folder)
+        indices = load_split(train_split, len(labels), labels=labels, benchmark=self)
+        return self.two_view_dataset(data_folder, indices, bcl, rand_k, rand_strength, seed)
+
+    def full_shot_sets(self, data_folder, train_split):
+        """The in-training full-shot probe's data (design 6): {'train_set' (the family's train list),
+        'test_set', 'class_counts' (of D_i, for Many/Medium/Few)}."""
+        from split.resolve import load_split, protocol_files
+        train_set = self.eval_dataset(data_folder, train=True)
+        labels = train_set.labels
+        train_idx = load_split(protocol_files(train_split, self)['train'], len(labels), labels=labels, benchmark=self)
+        class_counts = np.bincount(labels[load_split(train_split, len(labels), labels=labels, benchmark=self)],
+                                   minlength=self.num_classes)
+        return {'train_set': Subset(train_set, train_idx), 'test_set': self.eval_dataset(data_folder, train=False),
+                'class_counts': class_counts}
+
+    def evaluation_sets(self, data_folder, train_split, groups, protocol):
+        """Everything test.py's probes of `groups` need, read and checked before the slow part:
+        {'train_set' (the train images), 'index_sets' ({group: [index arrays into train_set]}), 'test_set',
+        'class_counts' (of D_i, when 'fullshot' is probed: its Many/Medium/Few), 'val_idx' (SDCLR protocol)}."""
+        from split.resolve import load_split, protocol_files
+        train_set = self.eval_dataset(data_folder, train=True)
+        labels = train_set.labels
+        files = protocol_files(train_split, self)
+
+        def load(name):
+            return load_split(name, len(labels), labels=labels, benchmark=self)
+
+        return {'train_set': train_set,
+                'class_counts': (np.bincount(labels[load(train_split)], minlength=self.num_classes)
+                                 if 'fullshot' in groups else None),
+                'index_sets': {group: [load(files['train'])] if group == 'fullshot'
+                               else [load(f) for f in files['subsets'][self.probe_sets[group]]] for group in groups},
+                'test_set': self.eval_dataset(data_folder, train=False),
+                'val_idx': load(files['val']) if protocol == 'sdclr' else None}
 
     def two_view_dataset(self, data_folder, indices, bcl, rand_k, rand_strength, seed):
         """The pre-training dataset at `indices` of the train set (design 1.2; BCL's 1.4 with `bcl`)."""
@@ -124,12 +189,108 @@ class Benchmark:
         return EvalCIFAR(data_folder, train, indices, source=self.source)
 
 
+# design 9.2: the ImageNet-scale recipe of both papers (BCL's k = 2, design 9.3)
+IMAGE_LIST_RECIPE = {'model': 'resnet50', 'rand_k': 2, 'epochs': 500, 'batch_size': 256, 'lr': 0.5,
+                     'weight_decay': 1e-4, 'temperature': 0.2}
+
+
+@dataclass(frozen=True)
+class ImageListBenchmark:
+    """An ImageNet-scale benchmark (design 9): JPEGs under --data_folder (an ImageNet or Places365 root) named
+    by published `RELPATH LABEL` lists (data/image_list.py), ResNet-50 with the ImageNet stem, design 9.3's
+    augmentation. Its lists are names relative to split/; a generated family ('NAME/' + the published names,
+    data/synthetic.py) brings its own probe and test lists, a list of one's own (`mine.txt`) uses the published
+    ones."""
+    name: str
+    title: str
+    papers: str
+    num_classes: int
+    source: str  # 'ImageNet' or 'Places365': what --data_folder holds
+    default_split: str  # the pre-training list
+    probe_lists: dict  # test.py group -> the list its probe trains on ('fullshot', '100shot', 'fewshot')
+    test_list: str
+    recipe: dict
+    in_training_probe: str  # the group train.py's --eval_freq probe runs
+    published: dict  # list name -> (URL template, pin: SHA-256 or 'git-blob:' + git's blob id), design 9.1
+    lines: dict  # list name -> its published line count, where design 9.1 gives one
+    label_fixes: dict = field(default_factory=dict)  # list name -> {published label: ours} (Places-LT, 9.1)
+    head_layers: dict = field(default_factory=lambda: {'simclr': 2, 'sdclr': 2})  # design 9.2
+    protocols: tuple = ('bcl',)
+    groups: object = count_groups
+
+    @property
+    def probe_sets(self):
+        return {group: name for group, name in self.probe_lists.items() if group != 'fullshot'}
+
+    def defaults(self, sdclr):
+        return recipe_defaults(self.recipe, sdclr)
+
+    def model_options(self, sdclr):
+        return {'stem': 'imagenet', 'head_layers': self.head_layers['sdclr' if sdclr else 'simclr']}
+
+    def family_prefix(self, train_split):
+        """'NAME/' of a generated family's pre-training list, '' for the published one or a list of one's own."""
+        return train_split[:-len(self.default_split)] if self.owns(train_split) else ''
+
+    def owns(self, train_split):
+        return train_split == self.default_split or train_split.endswith('/' + self.default_split)
+
+    def image_list(self, name, data_folder=None):
+        """The list `name` (relative to split/; published ones fetched and pinned), its files checked under
+        `data_folder` when given (before any work: every file a run needs exists and stays inside it)."""
+        from data.image_list import check_image_files
+        from split.resolve import load_image_list
+        image_list = load_image_list(name, self.num_classes)
+        if data_folder is not None:
+            check_image_files(data_folder, image_list, name)
+        return image_list
+
+    def input_files(self, data_folder):
+        return []  # the list's digest is the split's; hashing 100k+ JPEGs per start would cost minutes
+
+    def training_set(self, data_folder, train_split, bcl, rand_k, rand_strength, seed):
+        from data.image_list_datasets import MemoBoostedImageList, TwoViewImageList
+        image_list = self.image_list(train_split, data_folder)
+        if bcl:
+            return MemoBoostedImageList(data_folder, image_list, self.num_classes, rand_k, rand_strength, seed)
+        return TwoViewImageList(data_folder, image_list, self.num_classes, seed)
+
+    def _probe_set(self, data_folder, name):
+        from data.image_list_datasets import EvalImageList, probe_train_transform
+        return EvalImageList(data_folder, self.image_list(name, data_folder), probe_train_transform(), seed=0)
+
+    def _test_set(self, data_folder, prefix):
+        from data.image_list_datasets import EvalImageList
+        return EvalImageList(data_folder, self.image_list(prefix + self.test_list, data_folder))
+
+    def full_shot_sets(self, data_folder, train_split):
+        """The in-training probe's data: the `in_training_probe` list, the test list, pre-training counts."""
+        prefix = self.family_prefix(train_split)
+        return {'train_set': self._probe_set(data_folder, prefix + self.probe_lists[self.in_training_probe]),
+                'test_set': self._test_set(data_folder, prefix),
+                'class_counts': self.image_list(train_split).class_counts(self.num_classes)}
+
+    def evaluation_sets(self, data_folder, train_split, groups, protocol):
+        """Benchmark.evaluation_sets for image lists: one list per group (design 9.4; features of the probe-train
+        images with GH's RandomResizedCrop(224) + flip, keyed per image), Many/Medium/Few by pre-training count."""
+        from torch.utils.data import ConcatDataset
+        prefix = self.family_prefix(train_split)
+        sets = [self._probe_set(data_folder, prefix + self.probe_lists[group]) for group in groups]
+        starts = np.cumsum([0] + [len(s) for s in sets])
+        return {'train_set': ConcatDataset(sets),
+                'index_sets': {group: [np.arange(starts[i], starts[i + 1])] for i, group in enumerate(groups)},
+                'test_set': self._test_set(data_folder, prefix),
+                'class_counts': self.image_list(train_split).class_counts(self.num_classes), 'val_idx': None}
+
+
 def _registry():
-    from data.benchmarks import cifar10_lt, cifar100_lt
-    return {b.name: b for b in (cifar100_lt.BENCHMARK, cifar10_lt.BENCHMARK)}
+    from data.benchmarks import cifar10_lt, cifar100_lt, imagenet100_lt, imagenet_lt, imagenet_lt_exp, places_lt
+    return {b.name: b for b in (cifar100_lt.BENCHMARK, cifar10_lt.BENCHMARK, imagenet100_lt.BENCHMARK,
+                                imagenet_lt.BENCHMARK, imagenet_lt_exp.BENCHMARK, places_lt.BENCHMARK)}
 
 
 BENCHMARKS = _registry()
+INDEX_SPLIT_BENCHMARKS = {name: b for name, b in BENCHMARKS.items() if isinstance(b, Benchmark)}  # CIFAR's .npy splits
 DEFAULT = 'cifar100'
 
 
@@ -140,6 +301,6 @@ def get_benchmark(name):
 def benchmark_of(train_split):
     """The benchmark whose split layout holds `train_split` (a D_i name), or None."""
     for benchmark in BENCHMARKS.values():
-        if benchmark.splits.prefix_of(train_split) is not None:
+        if benchmark.owns(train_split):
             return benchmark
     return None

@@ -41,7 +41,8 @@ BENCHMARK = Benchmark(
                        PUBLISHED),
     default_split=f'{SUBSETS}cifar100_split1_D_i.npy',
     # design 5 and BCL's defaults (the published commands pass --weight_decay 1e-4 for SDCLR / BCL-D)
-    recipe={'both': {'epochs': 2000, 'batch_size': 512, 'lr': 0.5, 'weight_decay': 5e-4, 'temperature': 0.2},
+    recipe={'both': {'model': 'resnet18', 'rand_k': 1, 'epochs': 2000, 'batch_size': 512, 'lr': 0.5,
+                     'weight_decay': 5e-4, 'temperature': 0.2},
             'simclr': {'prune_percent': 0.0}, 'sdclr': {'prune_percent': 0.9}},
     probe_sets={'100shot': 'test_100shot', '50shot': 'test_50shot', 'fewshot': 'S_b'},
     protocols=('bcl', 'sdclr'),

@@ -29,7 +29,8 @@ BENCHMARK = Benchmark(
     splits=SplitFamily('cifar10/trainIdxList.npy', 'cifar10/valIdxList.npy', SUBSETS, 'split{k}_{role}.npy',
                        Protocol(val=500, train=4500, imbalance=100), PUBLISHED),
     default_split=f'{SUBSETS}split1_D_i.npy',
-    recipe={'both': {'epochs': 2000, 'batch_size': 512, 'lr': 0.5, 'weight_decay': 1e-4, 'temperature': 0.2},
+    recipe={'both': {'model': 'resnet18', 'rand_k': 1, 'epochs': 2000, 'batch_size': 512, 'lr': 0.5,
+                     'weight_decay': 1e-4, 'temperature': 0.2},
             'simclr': {'prune_percent': 0.0}, 'sdclr': {'prune_percent': 0.9}},  # design 9.2
     probe_sets={'fewshot': 'S_b'},
     protocols=('bcl', 'sdclr'),
