@@ -215,14 +215,15 @@ def group_accuracy(per_class_acc, class_counts, rule=class_groups):
     return groups
 
 
-def prepare_full_shot(data_folder, train_split, disable_hint=None, benchmark=None):
+def prepare_full_shot(data_folder, train_split, disable_hint=None, benchmark=None, seed=0):
     """Resolve and read everything the full-shot probe of `train_split` (a D_i name of `benchmark`,
     default CIFAR-100-LT) needs, so that a missing file fails before training: {'train_set' (its
     family's train list), 'test_set' (the test images), 'class_counts' (of D_i, for Many/Medium/Few),
-    'benchmark'}. `disable_hint` (e.g. '--eval_freq 0') is added to errors: how to run without the probe."""
+    'benchmark'}. `disable_hint` (e.g. '--eval_freq 0') is added to errors: how to run without the probe.
+    `seed` keys an image-list probe set's random crops (CIFAR's probe images are not augmented)."""
     benchmark = benchmark or get_benchmark(DEFAULT)
     try:
-        return {**benchmark.full_shot_sets(data_folder, train_split), 'benchmark': benchmark}
+        return {**benchmark.full_shot_sets(data_folder, train_split, seed), 'benchmark': benchmark}
     except InputError as error:
         if disable_hint is None:
             raise

@@ -19,12 +19,23 @@ with `seed`) go to the device in one copy per epoch, the learning rate is a Pyth
 epoch, and the best fc is kept with torch.where on a device comparison. The results are read
 once, at the end. benchmarks/sdclr_probe.py holds the straightforward per-batch loop with
 torchvision's PIL ops; tests/test_eval_sdclr.py checks that both give the same fc.
+
+SDCLR's ImageNet script (train_imagenet.py, run by cmds/shell_scrips/imagenet-100-res50-LT.sh for
+ImageNet-100-LT and ImageNet-LT-exp) runs the same loop with other facts (Protocol, IMAGENET_PROTOCOL):
+RandomResizedCrop(224) + flip of each JPEG, evaluation views Resize(256) + CenterCrop(224), global batch
+512, MultiStepLR stepped at the end of each epoch, validation every 2 (full-shot) or 10 (few-shot)
+epochs, and the fc selected on the validation *top-5*. Its views cannot live on the device (every JPEG
+has its own size): loader workers make them with torchvision, one seed per image and epoch from the
+probe's generator (ResizedCropFlip), and each chunk of views goes through the backbone at once.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from eval_cifar import probe_accuracy
+from eval_cifar import extract_features, probe_accuracy
 from preemption import check
 
 LR, MOMENTUM, GAMMA, BATCH = 30.0, 0.9, 0.1, 128
@@ -32,12 +43,14 @@ FULL_SHOT = dict(epochs=30, milestones=(10, 20), test_freq=1)
 FEW_SHOT = dict(epochs=100, milestones=(40, 60), test_freq=5)
 
 
-def lr_at(epoch, milestones):
-    """The learning rate of epoch `epoch` (from 1): MultiStepLR's value after `epoch` steps, with
-    its arithmetic (one multiplication by GAMMA per milestone passed), so the floats are equal."""
+def lr_at(epoch, milestones, step_first=True):
+    """The learning rate of epoch `epoch` (from 1): MultiStepLR's value after `epoch` steps (stepped at
+    each epoch's start, train_cifar.py) or `epoch - 1` (at its end, train_imagenet.py), with its
+    arithmetic (one multiplication by GAMMA per milestone passed), so the floats are equal."""
+    steps = epoch if step_first else epoch - 1
     lr = LR
     for milestone in sorted(milestones):
-        if milestone <= epoch:
+        if milestone <= steps:
             lr *= GAMMA
     return lr
 
@@ -75,8 +88,100 @@ class PadCropFlip:
         """ToTensor: uint8 [B, H, W, 3] -> float32 [B, 3, H, W] in [0, 1], as to_tensor divides."""
         return images.permute(0, 3, 1, 2).float().div(255)
 
+    @staticmethod
+    def prepare(data_set, device):
+        """A set (images, labels) on the device, once (CIFAR-10's 50,000 training images: 150 MB)."""
+        images, labels = data_set
+        return images.to(device), labels.to(device).long()
+
+    @staticmethod
+    def count(data_set):
+        return len(data_set[1])
+
+    def train_batches(self, data_set, order, params, chunk, device, num_workers=0):
+        """The epoch's views in `order`, `chunk` at a time: (inputs, labels) on the device, made there."""
+        images, labels = data_set
+        draws = _to_device(torch.cat([order[:, None], params[order]], 1), device)  # row j: the j-th sample
+        for start in range(0, len(draws), chunk):
+            rows = draws[start:start + chunk]
+            yield self.train_views(images[rows[:, 0]], rows[:, 1:]), labels[rows[:, 0]]
+
+    def eval_features(self, model, data_set, device, chunk, amp, channels_last, num_workers=0):
+        """(features [N, d], labels [N]) of the evaluation views, `chunk` images at a time."""
+        images, labels = data_set
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        return torch.cat([_features(model, self.eval_views(images[s:s + chunk]), amp, memory_format)
+                          for s in range(0, len(images), chunk)]), labels
+
+
+class SeededItems(Dataset):
+    """dataset[position] with torch's generator seeded by `seed` while it is made: key (position, seed)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        position, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[position]
+
+
+class ResizedCropFlip:
+    """SDCLR's ImageNet probe views (train_imagenet.py): the sets are datasets of (view, label), e.g.
+    data.image_list_datasets.EvalImageList; the train set's transform is RandomResizedCrop(224) +
+    RandomHorizontalFlip + ToTensor (bilinear, torchvision's defaults), made in loader workers; val and
+    test carry the evaluation transform. An epoch's draws are one seed per image (SeededItems), so a
+    view depends on (seed, epoch, image) alone, not on workers or chunks."""
+
+    @staticmethod
+    def draw(n, generator):
+        return torch.randint(0, 2 ** 62, (n, 1), generator=generator)
+
+    @staticmethod
+    def prepare(data_set, device):
+        return data_set
+
+    @staticmethod
+    def count(data_set):
+        return len(data_set)
+
+    @staticmethod
+    def train_batches(data_set, order, params, chunk, device, num_workers=0):
+        cuda = device.type == 'cuda'
+        keys = list(zip(order.tolist(), params[order, 0].tolist()))
+        loader = DataLoader(SeededItems(data_set), batch_size=chunk, sampler=keys, num_workers=num_workers,
+                            pin_memory=cuda)
+        for inputs, labels in loader:
+            yield inputs.to(device, non_blocking=cuda), labels.to(device, non_blocking=cuda).long()
+
+    @staticmethod
+    def eval_features(model, data_set, device, chunk, amp, channels_last, num_workers=0):
+        return extract_features(model, data_set, device, batch_size=chunk, num_workers=num_workers, amp=amp,
+                                channels_last=channels_last)
+
 
 CIFAR_VIEWS = PadCropFlip()
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The facts that differ between SDCLR's two evaluation scripts (train_cifar.py, train_imagenet.py)."""
+    views: object  # the probe sets' views: PadCropFlip or ResizedCropFlip
+    batch: int  # the fc's (global) batch
+    select: str  # 'top1' or 'top5': the validation accuracy that selects the fc
+    step_first: bool  # MultiStepLR stepped at each epoch's start (train_cifar.py) or at its end
+    full_shot: dict  # {'epochs', 'milestones', 'test_freq'}
+    few_shot: dict
+
+
+CIFAR_PROTOCOL = Protocol(CIFAR_VIEWS, BATCH, 'top1', True, FULL_SHOT, FEW_SHOT)
+IMAGENET_PROTOCOL = Protocol(ResizedCropFlip(), 512, 'top5', False,  # cmds/shell_scrips/imagenet-100-res50-LT.sh
+                             dict(epochs=30, milestones=(10, 20), test_freq=2),
+                             dict(epochs=100, milestones=(40, 60), test_freq=10))
 
 
 def initial_fc(dim, num_class, generator):
@@ -95,14 +200,21 @@ def _features(model, inputs, amp, memory_format):
         return model.features(inputs.contiguous(memory_format=memory_format)).float()
 
 
-def _fc_steps(weight, bias, optimizer, features, labels):
-    """SGD steps on batches of BATCH consecutive rows (the last partial one kept)."""
-    for start in range(0, len(features), BATCH):
-        logits = F.linear(features[start:start + BATCH], weight, bias)
-        loss = F.cross_entropy(logits, labels[start:start + BATCH])
+def _fc_steps(weight, bias, optimizer, features, labels, batch):
+    """SGD steps on batches of `batch` consecutive rows (the last partial one kept)."""
+    for start in range(0, len(features), batch):
+        logits = F.linear(features[start:start + batch], weight, bias)
+        loss = F.cross_entropy(logits, labels[start:start + batch])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+
+
+def hits(logits, labels, select):
+    """0-dim count of rows whose label is the top-1 ('top1') or among the top 5 ('top5') logits."""
+    if select == 'top1':
+        return (logits.argmax(1) == labels).sum()
+    return (logits.topk(min(5, logits.shape[1]), 1).indices == labels[:, None]).any(1).sum()
 
 
 def keep_best(best, correct, epoch, weight, bias):
@@ -120,20 +232,21 @@ def _to_device(tensor, device):
 
 
 def train_fc(model, train_set, val_features, val_labels, num_class, epochs, milestones, test_freq, seed=0,
-             views=CIFAR_VIEWS, chunk=1024, amp='none', channels_last=False, stop=None, desc=None):
-    """Train the probe on `train_set` ((images, labels) on the features' device; the model in eval
-    mode). Nothing here reads a device value on the host: the caller reads the results, once.
+             protocol=CIFAR_PROTOCOL, chunk=1024, amp='none', channels_last=False, num_workers=0, stop=None,
+             desc=None):
+    """Train the probe on `train_set` (protocol.views.prepare's form, on the features' device; the model in
+    eval mode). Nothing here reads a device value on the host: the caller reads the results, once.
 
     Returns {'weight' [C, d], 'bias' [C] (the selected fc), 'last_weight', 'last_bias' (after the
     last epoch), 'best_epoch' (0-dim), 'val_correct' (int64 [epochs // test_freq], validation hits
-    after epochs test_freq, 2 test_freq, ...)}.
+    (protocol.select) after epochs test_freq, 2 test_freq, ...)}.
     """
-    if chunk % BATCH or not 1 <= test_freq <= epochs:
-        raise ValueError(f'need chunk ({chunk}) a multiple of {BATCH} and 1 <= test_freq ({test_freq}) '
+    if chunk % protocol.batch or not 1 <= test_freq <= epochs:
+        raise ValueError(f'need chunk ({chunk}) a multiple of {protocol.batch} and 1 <= test_freq ({test_freq}) '
                          f'<= epochs ({epochs})')
     device = val_features.device
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    images, labels = train_set
+    views = protocol.views
     generator = torch.Generator().manual_seed(seed)
     weight, bias = (_to_device(t, device).requires_grad_()
                     for t in initial_fc(val_features.shape[1], num_class, generator))
@@ -144,16 +257,14 @@ def train_fc(model, train_set, val_features, val_labels, num_class, epochs, mile
     val_correct = []
     for epoch in tqdm(range(1, epochs + 1), desc=desc, leave=False, dynamic_ncols=True, disable=None if desc else True):
         check(stop)
-        optimizer.param_groups[0]['lr'] = lr_at(epoch, milestones)
-        order, params = epoch_draws(len(labels), views, generator)
-        draws = _to_device(torch.cat([order[:, None], params[order]], 1), device)  # row j: the j-th sample
-        for start in range(0, len(draws), chunk):
-            rows = draws[start:start + chunk]
-            features = _features(model, views.train_views(images[rows[:, 0]], rows[:, 1:]), amp, memory_format)
-            _fc_steps(weight, bias, optimizer, features, labels[rows[:, 0]])
+        optimizer.param_groups[0]['lr'] = lr_at(epoch, milestones, protocol.step_first)
+        order, params = epoch_draws(views.count(train_set), views, generator)
+        for inputs, labels in views.train_batches(train_set, order, params, chunk, device, num_workers):
+            features = _features(model, inputs, amp, memory_format)
+            _fc_steps(weight, bias, optimizer, features, labels, protocol.batch)
         if epoch % test_freq == 0:
             with torch.no_grad():
-                correct = (F.linear(val_features, weight, bias).argmax(1) == val_labels).sum()
+                correct = hits(F.linear(val_features, weight, bias), val_labels, protocol.select)
                 best = keep_best(best, correct, epoch, weight, bias)
             val_correct.append(correct)
     return {'weight': best[2], 'bias': best[3], 'last_weight': weight.detach(), 'last_bias': bias.detach(),
@@ -161,41 +272,39 @@ def train_fc(model, train_set, val_features, val_labels, num_class, epochs, mile
 
 
 def sdclr_probe(model, train_set, val_set, test_set, num_class, device, epochs, milestones, test_freq, seed=0,
-                views=CIFAR_VIEWS, chunk=1024, amp='none', channels_last=False, stop=None, desc=None):
+                protocol=CIFAR_PROTOCOL, chunk=1024, amp='none', channels_last=False, num_workers=0, stop=None,
+                desc=None):
     """SDCLR's linear evaluation of `model` (anything with .features(x)); e.g.
     sdclr_probe(model, train, val, test, 10, device, **FULL_SHOT).
 
-    Each *_set is (images, labels): uint8 [N, 32, 32, 3] (HWC, as data/cifar100.py holds them)
-    and int64 [N], on any device; all are copied to `device` once (CIFAR-10's 50,000 training
-    images: 150 MB). Returns {'top1', 'top5' (%), 'per_class' (np.ndarray [C], %), 'best_epoch',
-    'val_top1' (the selected fc's validation top-1, %), 'val_history' ({epoch: validation top-1
-    %}), 'fc' and 'last_fc' ({'weight', 'bias'}, CPU tensors: the selected fc and the fc after the
-    last epoch)}. The validation and test features are extracted once, in chunks of `chunk`
-    images, as are the augmented views of each epoch (train_fc); 1024 suits a GPU, on a CPU 128 is
-    faster (measured on 2 cores: ~1.6x against 1024). `amp`/`channels_last` act on the
-    backbone as in eval_cifar.extract_features; the fc trains in float32. `stop`
-    (preemption.StopRequest): a signal raises preemption.Stopped at the next epoch. `desc`: a
-    progress bar over the epochs. The published code starts its best accuracy at 0 (it would
-    find no best model if every validation top-1 were 0); here the first evaluation counts.
+    The sets are what protocol.views takes: for CIFAR (images, labels), uint8 [N, 32, 32, 3] (HWC, as
+    data/cifar100.py holds them) and int64 [N], on any device, copied to `device` once; for ImageNet
+    datasets of (view, label), read by loaders of `num_workers` workers. Returns {'top1', 'top5' (%),
+    'per_class' (np.ndarray [C], %), 'best_epoch', 'val_<select>' (the selected fc's validation
+    accuracy, %), 'val_history' ({epoch: validation accuracy %}), 'fc' and 'last_fc' ({'weight',
+    'bias'}, CPU tensors: the selected fc and the fc after the last epoch)}. The validation and test
+    features are extracted once, in chunks of `chunk` images, as are the augmented views of each epoch
+    (train_fc); 1024 suits a GPU, on a CPU 128 is faster for CIFAR (measured on 2 cores: ~1.6x against
+    1024). `amp`/`channels_last` act on the backbone as in eval_cifar.extract_features; the fc trains in
+    float32. `stop` (preemption.StopRequest): a signal raises preemption.Stopped at the next epoch.
+    `desc`: a progress bar over the epochs. The published code starts its best accuracy at 0 (it would
+    find no best model if every validation accuracy were 0); here the first evaluation counts.
     """
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    train_set, val_set, test_set = ((images.to(device), labels.to(device).long())
-                                    for images, labels in (train_set, val_set, test_set))
+    views = protocol.views
+    train_set, val_set, test_set = (views.prepare(s, device) for s in (train_set, val_set, test_set))
     was_training = model.training
     model.eval()
     try:
-        val_features, test_features = (
-            torch.cat([_features(model, views.eval_views(images[s:s + chunk]), amp, memory_format)
-                       for s in range(0, len(images), chunk)]) for images, _ in (val_set, test_set))
-        val_labels, test_labels = val_set[1], test_set[1]
+        (val_features, val_labels), (test_features, test_labels) = (
+            views.eval_features(model, s, device, chunk, amp, channels_last, num_workers) for s in (val_set, test_set))
         fc = train_fc(model, train_set, val_features, val_labels, num_class, epochs, milestones, test_freq,
-                      seed, views, chunk, amp, channels_last, stop, desc)
+                      seed, protocol, chunk, amp, channels_last, num_workers, stop, desc)
     finally:
         model.train(was_training)
     result = probe_accuracy(fc['weight'].t()[None], fc['bias'][None], test_features, test_labels, num_class)[0]
-    val_top1 = (100 * fc['val_correct'].double() / len(val_labels)).cpu().tolist()
+    val_history = (100 * fc['val_correct'].double() / len(val_labels)).cpu().tolist()
     best_epoch = int(fc['best_epoch'])
-    return {**result, 'best_epoch': best_epoch, 'val_top1': val_top1[best_epoch // test_freq - 1],
-            'val_history': dict(zip(range(test_freq, epochs + 1, test_freq), val_top1)),
+    return {**result, 'best_epoch': best_epoch, f'val_{protocol.select}': val_history[best_epoch // test_freq - 1],
+            'val_history': dict(zip(range(test_freq, epochs + 1, test_freq), val_history)),
             'fc': {'weight': fc['weight'].cpu(), 'bias': fc['bias'].cpu()},
             'last_fc': {'weight': fc['last_weight'].cpu(), 'bias': fc['last_bias'].cpu()}}

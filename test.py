@@ -197,9 +197,8 @@ def evaluate(args, output):
         compile_model(model, 'features')
 
     # every split first, so that a missing one fails before the slow part
-    sets = benchmark.evaluation_sets(args.data_folder, train_split, groups, args.protocol)
-    train_set, test_set, index_sets, class_counts = (sets[k] for k in ('train_set', 'test_set', 'index_sets',
-                                                                        'class_counts'))
+    sets = benchmark.evaluation_sets(args.data_folder, train_split, groups, args.protocol, args.seed)
+    test_set, class_counts = sets['test_set'], sets['class_counts']
     results = {'method': method, 'model': 'SDCLR' if args.prune else 'SimCLR', 'network': network,
                'dataset': benchmark.name, 'protocol': args.protocol,
                'checkpoint': os.path.abspath(args.checkpoint), **trained, 'split': train_split, 'seed': args.seed,
@@ -207,15 +206,16 @@ def evaluate(args, output):
                **{group: None for group in ('fullshot',) + PROBE_GROUPS}}
     speed = {'amp': args.amp, 'channels_last': args.channels_last}
     if args.protocol == 'sdclr':
-        results.update(sdclr_probes(model, train_set, test_set, sets['val_idx'], index_sets, benchmark, class_counts,
-                                    device, args.seed, **speed))
+        results.update(sdclr_probes(model, sets, benchmark.num_classes, benchmark.groups, device, args.seed,
+                                    args.num_workers, **speed))
         return results
 
     # design 6: one feature pass (issue 5.2) over the union of every needed train index, and the test set
-    pool = np.unique(np.concatenate([s for sets in index_sets.values() for s in sets]))
+    index_sets = sets['index_sets']
+    pool = np.unique(np.concatenate([s for group_sets in index_sets.values() for s in group_sets]))
     print(f'extracting features of {len(pool)} train and {len(test_set)} test images on {device}', flush=True)
-    train_features, train_labels = extract_features(model, Subset(train_set, pool), device, num_workers=args.num_workers,
-                                                    desc='features (train)', **speed)
+    train_features, train_labels = extract_features(model, Subset(sets['train_set'], pool), device,
+                                                    num_workers=args.num_workers, desc='features (train)', **speed)
     test_features, test_labels = extract_features(model, test_set, device, num_workers=args.num_workers,
                                                   desc='features (test)', **speed)
     results.update(run_probes(train_features, train_labels, test_features, test_labels, pool, index_sets,
@@ -224,24 +224,23 @@ def evaluate(args, output):
     return results
 
 
-def sdclr_probes(model, train_set, test_set, val_idx, index_sets, benchmark, class_counts, device, seed, amp='none',
-                 channels_last=False):
-    """Design 9.4's SDCLR protocol for every probe group -> {group: results}: one linear layer per index set
-    (the full-shot train list, or each S_b), trained on augmented views of the frozen backbone and selected
-    on the val list (eval_sdclr.sdclr_probe; 30 epochs full-shot, 100 few-shot)."""
-    images, labels = torch.as_tensor(np.array(train_set.images)), torch.as_tensor(np.array(train_set.labels))
-    val = (images[val_idx], labels[val_idx])
-    test = (torch.as_tensor(np.array(test_set.images)), torch.as_tensor(np.array(test_set.labels)))
+def sdclr_probes(model, sets, num_class, groups_rule, device, seed, num_workers=0, amp='none', channels_last=False):
+    """Design 9.4's SDCLR protocol for every probe group -> {group: results}: one linear layer per train set
+    (the full-shot train list, or each few-shot set), trained on augmented views of the frozen backbone and
+    selected on the val list (eval_sdclr.sdclr_probe with the benchmark's sets['sdclr'] protocol)."""
+    protocol = sets['sdclr']
     results = {}
-    for group, sets in index_sets.items():
-        schedule = SDCLR_FULL_SHOT if group == 'fullshot' else SDCLR_FEW_SHOT
-        print(f'training {len(sets)} {group} linear layer(s) for {schedule["epochs"]} epochs (SDCLR protocol)',
+    for group, train_sets in sets['train_sets'].items():
+        schedule = protocol.full_shot if group == 'fullshot' else protocol.few_shot
+        print(f'training {len(train_sets)} {group} linear layer(s) for {schedule["epochs"]} epochs (SDCLR protocol)',
               flush=True)
-        probes = [sdclr_probe(model, (images[idx], labels[idx]), val, test, benchmark.num_classes, device, seed=seed,
-                              amp=amp, channels_last=channels_last, desc=f'{group} {k}/{len(sets)}', **schedule)
-                  for k, idx in enumerate(sets, start=1)]
-        results[group] = {**group_results(group, probes, class_counts, benchmark.groups),
-                          'best_epoch': [p['best_epoch'] for p in probes], 'val_top1': [p['val_top1'] for p in probes]}
+        probes = [sdclr_probe(model, train, sets['val_set'], sets['test_set'], num_class, device, seed=seed,
+                              protocol=protocol, amp=amp, channels_last=channels_last, num_workers=num_workers,
+                              desc=f'{group} {k}/{len(train_sets)}', **schedule)
+                  for k, train in enumerate(train_sets, start=1)]
+        selected = f'val_{protocol.select}'
+        results[group] = {**group_results(group, probes, sets['class_counts'], groups_rule),
+                          'best_epoch': [p['best_epoch'] for p in probes], selected: [p[selected] for p in probes]}
     return results
 
 

@@ -365,7 +365,7 @@ def training_data(args):
     if len(dataset) < 2:
         raise InputError(f'split {args.trainSplit} holds {len(dataset)} image(s): contrastive training needs at least 2')
     probes = bool(args.eval_freq) and args.eval_freq <= args.epochs
-    return dataset, prepare_full_shot(args.data_folder, args.trainSplit, '--eval_freq 0', benchmark) if probes else None
+    return dataset, prepare_full_shot(args.data_folder, args.trainSplit, '--eval_freq 0', benchmark, args.seed) if probes else None
 
 
 def check_shares(sampler):

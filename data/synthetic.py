@@ -111,12 +111,14 @@ def write_synthetic_imagenet(data_root, split_root, family, dataset='imagenet100
     """A folder of real JPEGs for an ImageNet-scale benchmark and its lists, at split_root/family/<the
     benchmark's published list names>: a long-tailed pre-training list (head down to tail images a class,
     exponentially), each probe list (probe_per_class a class, other images of train/) and the test list
-    (test_per_class a class, in val/). Labels are 0..num_classes-1. Returns {'lists': {'TRAIN', 'TEST' and
-    each probe group: list name relative to split_root}, 'data_root'}."""
+    (test_per_class a class, in val/), and the SDCLR protocol's val list where the benchmark has one (probe_per_class
+    a class, in val/). Labels are 0..num_classes-1. Returns {'lists': {'TRAIN', 'TEST', 'VAL' and each probe group:
+    list name relative to split_root}, 'data_root'}."""
     from data.benchmarks import get_benchmark
     benchmark = get_benchmark(dataset)
     rng = np.random.RandomState(seed)
-    roles = {'TRAIN': benchmark.default_split, **benchmark.probe_lists, 'TEST': benchmark.test_list}
+    roles = {'TRAIN': benchmark.default_split, **benchmark.probe_lists, 'TEST': benchmark.test_list,
+             **({'VAL': benchmark.val_list} if benchmark.val_list else {})}
     per_class = {'TRAIN': [int(head * (tail / head) ** (r / max(num_classes - 1, 1)) + 1e-9)
                            for r in range(num_classes)],
                  'TEST': [test_per_class] * num_classes}
@@ -125,7 +127,7 @@ def write_synthetic_imagenet(data_root, split_root, family, dataset='imagenet100
         lines = []
         for label in range(num_classes):
             wnid = f'n{label:08d}' if dataset != 'places_lt' else f'category_{label}'
-            folder = 'val' if role == 'TEST' else 'train'
+            folder = 'val' if role in ('TEST', 'VAL') else 'train'
             for _ in range(per_class.get(role, [probe_per_class] * num_classes)[label]):
                 rel = f'{folder}/{wnid}/{wnid}_{written}.JPEG'
                 _jpeg(os.path.join(data_root, rel), label, rng, sizes)

@@ -1,5 +1,6 @@
 """The benchmark interface (issue 22): CIFAR-10-LT's reader, split family, protocol checks, training and
 both evaluation protocols, on a synthetic CIFAR-10 folder in torchvision's exact layout."""
+import dataclasses
 import json
 import os
 import pickle
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 import split.resolve as resolve
+import eval_sdclr
 import test as test_script
 import train
 import train_sdclr
@@ -253,7 +255,8 @@ def test_cifar100_sdclr_protocol_few_shot_on_s_b(tmp_path, monkeypatch):
     a generated family's S_b (1 a class here: D_i's smallest class), 100 classes each. A small folder (1 test image
     a class) and a schedule cut to 2 epochs keep it affordable (the 100-epoch loop is tests/test_eval_sdclr.py's)."""
     from models import build_model
-    monkeypatch.setattr(test_script, 'SDCLR_FEW_SHOT', {'epochs': 2, 'milestones': (1, 2), 'test_freq': 1})
+    monkeypatch.setattr(eval_sdclr, 'CIFAR_PROTOCOL', dataclasses.replace(
+        eval_sdclr.CIFAR_PROTOCOL, few_shot={'epochs': 2, 'milestones': (1, 2), 'test_freq': 1}))
     folder = str(write_synthetic_cifar(str(tmp_path / 'data'), 'cifar100', 6, 1, seed=1))
     family = f'_pytest_{uuid.uuid4().hex[:8]}'
     try:

@@ -117,3 +117,42 @@ def test_full_shot_is_refused_where_a_benchmark_has_no_full_shot_list():
         test_script.wanted_groups(argparse.Namespace(**flags), get_benchmark('places_lt'))
     assert test_script.wanted_groups(argparse.Namespace(**flags), get_benchmark('imagenet100_lt')) == ['fullshot']
     assert test_script.wanted_groups(argparse.Namespace(**flags), get_benchmark('cifar10')) == ['fullshot']
+
+
+@pytest.mark.parametrize('synthetic_family', ['imagenet100_lt'], indirect=True)
+def test_sdclr_protocol_on_image_lists(synthetic_family, tmp_path, monkeypatch):
+    """test.py --protocol sdclr on ImageNet-100-LT (design 9.4): a full-shot and a few-shot linear layer on a
+    ResNet-50 checkpoint, selected on the val list (written by the synthetic writer), 2 epochs each here (the
+    schedules are tests/test_eval_sdclr.py's; the real ones are 30 and 100 epochs)."""
+    import dataclasses
+    import eval_sdclr
+    from models import build_model
+    dataset, written = synthetic_family
+    benchmark = get_benchmark(dataset)
+    short = dict(epochs=2, milestones=(1,), test_freq=1)
+    monkeypatch.setattr(eval_sdclr, 'IMAGENET_PROTOCOL', dataclasses.replace(
+        eval_sdclr.IMAGENET_PROTOCOL, batch=4, full_shot=short, few_shot=short))
+    torch.manual_seed(0)
+    model = build_model(True, 'resnet50', benchmark.num_classes, **benchmark.model_options(True))
+    torch.save({'state_dict': model.state_dict(), 'epoch': 1,
+                'args': {'dataset': dataset, 'trainSplit': written['lists']['TRAIN'], 'model': 'resnet50'}},
+               tmp_path / 'model.pt')
+    results = test_script.main(['--checkpoint', str(tmp_path / 'model.pt'), '--prune', '--data_folder',
+                                written['data_root'], '--protocol', 'sdclr', '--test_fullshot', '--test_fewshot',
+                                '--num_workers', '0', '--gpus', 'cpu', '--output', str(tmp_path / 'sdclr.json')])
+    assert (results['dataset'], results['protocol'], results['probe_epochs']) == (dataset, 'sdclr', None)
+    full, few = results['fullshot'], results['fewshot']
+    # 4 classes (of 100) with 2 test images each: accuracies are multiples of 12.5 %
+    assert 0 <= full['top1'] <= 100 and full['top1'] % 12.5 == 0 and len(full['per_class']) == benchmark.num_classes
+    assert full['best_epoch'] == [1] or full['best_epoch'] == [2]
+    assert len(full['val_top5']) == 1 and 0 <= full['val_top5'][0] <= 100
+    assert len(few['top1']) == 1 and few['mean'] == few['top1'][0] and 'groups' in few
+    assert json.load(open(tmp_path / 'sdclr.json'))['fullshot']['top1'] == full['top1']
+
+
+def test_sdclr_protocol_is_refused_where_sdclr_did_not_report_it():
+    import argparse
+    from utils import InputError
+    flags = dict(test_fullshot=False, test_100shot=True, test_50shot=False, test_fewshot=False, protocol='sdclr')
+    with pytest.raises(InputError, match='ImageNet-LT has no --protocol sdclr: use one of bcl'):
+        test_script.wanted_groups(argparse.Namespace(**flags), get_benchmark('imagenet_lt'))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
+import torch
 from torch.utils.data import Subset
 
 from data.cifar100 import CifarSource, EvalCIFAR, TwoViewCIFAR, load_cifar
@@ -147,8 +148,9 @@ class Benchmark:
         indices = load_split(train_split, len(labels), labels=labels, benchmark=self)
         return self.two_view_dataset(data_folder, indices, bcl, rand_k, rand_strength, seed)
 
-    def full_shot_sets(self, data_folder, train_split):
-        """The in-training full-shot probe's data (design 6): {'train_set' (the family's train list),
+    def full_shot_sets(self, data_folder, train_split, seed=0):
+        """The in-training full-shot probe's data (design 6; `seed` unused: the images are not augmented):
+        {'train_set' (the family's train list),
         'test_set', 'class_counts' (of D_i, for Many/Medium/Few)}."""
         from split.resolve import load_split, protocol_files
         train_set = self.eval_dataset(data_folder, train=True)
@@ -159,10 +161,12 @@ class Benchmark:
         return {'train_set': Subset(train_set, train_idx), 'test_set': self.eval_dataset(data_folder, train=False),
                 'class_counts': class_counts}
 
-    def evaluation_sets(self, data_folder, train_split, groups, protocol):
+    def evaluation_sets(self, data_folder, train_split, groups, protocol, seed=0):
         """Everything test.py's probes of `groups` need, read and checked before the slow part:
-        {'train_set' (the train images), 'index_sets' ({group: [index arrays into train_set]}), 'test_set',
-        'class_counts' (of D_i, when 'fullshot' is probed: its Many/Medium/Few), 'val_idx' (SDCLR protocol)}."""
+        {'class_counts' (of D_i, when 'fullshot' is probed: its Many/Medium/Few), 'test_set', and for design 6
+        'train_set' (the train images) with 'index_sets' ({group: [index arrays into train_set]}), for SDCLR's
+        protocol (design 9.4) 'sdclr' (eval_sdclr.CIFAR_PROTOCOL), 'val_set' and 'train_sets' ({group: [sets]}),
+        each set (uint8 images [N, 32, 32, 3], labels [N]) as eval_sdclr.PadCropFlip takes them}."""
         from split.resolve import load_split, protocol_files
         train_set = self.eval_dataset(data_folder, train=True)
         labels = train_set.labels
@@ -171,13 +175,23 @@ class Benchmark:
         def load(name):
             return load_split(name, len(labels), labels=labels, benchmark=self)
 
-        return {'train_set': train_set,
+        sets = {'train_set': train_set,
                 'class_counts': (np.bincount(labels[load(train_split)], minlength=self.num_classes)
                                  if 'fullshot' in groups else None),
                 'index_sets': {group: [load(files['train'])] if group == 'fullshot'
                                else [load(f) for f in files['subsets'][self.probe_sets[group]]] for group in groups},
-                'test_set': self.eval_dataset(data_folder, train=False),
-                'val_idx': load(files['val']) if protocol == 'sdclr' else None}
+                'test_set': self.eval_dataset(data_folder, train=False)}
+        if protocol != 'sdclr':
+            return sets
+        import eval_sdclr
+        images, labels = (torch.as_tensor(np.array(a)) for a in (train_set.images, train_set.labels))
+        val = load(files['val'])
+        test = sets['test_set']
+        return {'sdclr': eval_sdclr.CIFAR_PROTOCOL, 'class_counts': sets['class_counts'],
+                'val_set': (images[val], labels[val]),
+                'test_set': tuple(torch.as_tensor(np.array(a)) for a in (test.images, test.labels)),
+                'train_sets': {group: [(images[idx], labels[idx]) for idx in index_sets]
+                               for group, index_sets in sets['index_sets'].items()}}
 
     def two_view_dataset(self, data_folder, indices, bcl, rand_k, rand_strength, seed):
         """The pre-training dataset at `indices` of the train set (design 1.2; BCL's 1.4 with `bcl`)."""
@@ -216,6 +230,7 @@ class ImageListBenchmark:
     label_fixes: dict = field(default_factory=dict)  # list name -> {published label: ours} (Places-LT, 9.1)
     head_layers: dict = field(default_factory=lambda: {'simclr': 2, 'sdclr': 2})  # design 9.2
     protocols: tuple = ('bcl',)
+    val_list: str = None  # the SDCLR protocol's model-selection list (design 9.4), where it runs
     groups: object = count_groups
 
     @property
@@ -255,32 +270,41 @@ class ImageListBenchmark:
             return MemoBoostedImageList(data_folder, image_list, self.num_classes, rand_k, rand_strength, seed)
         return TwoViewImageList(data_folder, image_list, self.num_classes, seed)
 
-    def _probe_set(self, data_folder, name):
-        from data.image_list_datasets import EvalImageList, probe_train_transform
-        return EvalImageList(data_folder, self.image_list(name, data_folder), probe_train_transform(), seed=0)
-
-    def _test_set(self, data_folder, prefix):
+    def _listed(self, data_folder, name, transform=None, seed=None):
         from data.image_list_datasets import EvalImageList
-        return EvalImageList(data_folder, self.image_list(prefix + self.test_list, data_folder))
+        return EvalImageList(data_folder, self.image_list(name, data_folder), transform, seed)
 
-    def full_shot_sets(self, data_folder, train_split):
+    def _probe_set(self, data_folder, name, seed):
+        from data.image_list_datasets import probe_train_transform
+        return self._listed(data_folder, name, probe_train_transform(), seed)
+
+    def full_shot_sets(self, data_folder, train_split, seed=0):
         """The in-training probe's data: the `in_training_probe` list, the test list, pre-training counts."""
         prefix = self.family_prefix(train_split)
-        return {'train_set': self._probe_set(data_folder, prefix + self.probe_lists[self.in_training_probe]),
-                'test_set': self._test_set(data_folder, prefix),
+        return {'train_set': self._probe_set(data_folder, prefix + self.probe_lists[self.in_training_probe], seed),
+                'test_set': self._listed(data_folder, prefix + self.test_list),
                 'class_counts': self.image_list(train_split).class_counts(self.num_classes)}
 
-    def evaluation_sets(self, data_folder, train_split, groups, protocol):
-        """Benchmark.evaluation_sets for image lists: one list per group (design 9.4; features of the probe-train
-        images with GH's RandomResizedCrop(224) + flip, keyed per image), Many/Medium/Few by pre-training count."""
-        from torch.utils.data import ConcatDataset
+    def evaluation_sets(self, data_folder, train_split, groups, protocol, seed=0):
+        """Benchmark.evaluation_sets for image lists: one list per group (design 9.4), Many/Medium/Few by
+        pre-training count. Design 6: features of the probe-train images with GH's RandomResizedCrop(224) +
+        flip, keyed per image and `seed`. SDCLR's protocol: datasets of (view, label) as
+        eval_sdclr.ResizedCropFlip takes them, the train sets with the same crop and flip (train_imagenet.py's)."""
         prefix = self.family_prefix(train_split)
-        sets = [self._probe_set(data_folder, prefix + self.probe_lists[group]) for group in groups]
+        counts = self.image_list(train_split).class_counts(self.num_classes)
+        test_set = self._listed(data_folder, prefix + self.test_list)
+        if protocol == 'sdclr':
+            import eval_sdclr
+            from data.image_list_datasets import probe_train_transform
+            return {'sdclr': eval_sdclr.IMAGENET_PROTOCOL, 'class_counts': counts, 'test_set': test_set,
+                    'val_set': self._listed(data_folder, prefix + self.val_list),
+                    'train_sets': {group: [self._listed(data_folder, prefix + self.probe_lists[group],
+                                                        probe_train_transform())] for group in groups}}
+        from torch.utils.data import ConcatDataset
+        sets = [self._probe_set(data_folder, prefix + self.probe_lists[group], seed) for group in groups]
         starts = np.cumsum([0] + [len(s) for s in sets])
-        return {'train_set': ConcatDataset(sets),
-                'index_sets': {group: [np.arange(starts[i], starts[i + 1])] for i, group in enumerate(groups)},
-                'test_set': self._test_set(data_folder, prefix),
-                'class_counts': self.image_list(train_split).class_counts(self.num_classes), 'val_idx': None}
+        return {'train_set': ConcatDataset(sets), 'test_set': test_set, 'class_counts': counts,
+                'index_sets': {group: [np.arange(starts[i], starts[i + 1])] for i, group in enumerate(groups)}}
 
 
 def _registry():

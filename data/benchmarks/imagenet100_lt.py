@@ -25,4 +25,5 @@ BENCHMARK = ImageListBenchmark(
             'sdclr': {'prune_percent': 0.3, 'temperature': 0.3}},  # design 9.2
     in_training_probe='fewshot', published=PUBLISHED, lines=LINES,
     head_layers={'simclr': 2, 'sdclr': 3},  # the SDCLR repository's ImageNet SDCLR head (models.utils.ProjectionHead)
+    protocols=('bcl', 'sdclr'), val_list=VAL,  # design 9.4: SDCLR's protocol selects its fc on the val list
 )

@@ -25,4 +25,5 @@ BENCHMARK = ImageListBenchmark(
     recipe={'both': IMAGE_LIST_RECIPE, 'simclr': {'prune_percent': 0.0}, 'sdclr': {'prune_percent': 0.3}},
     in_training_probe='fewshot', published=PUBLISHED, lines=LINES,
     head_layers={'simclr': 2, 'sdclr': 3},  # the SDCLR repository's heads
+    protocols=('bcl', 'sdclr'), val_list=VAL,  # design 9.4: SDCLR's protocol selects its fc on the val list
 )
