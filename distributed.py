@@ -24,6 +24,10 @@ Rank 0 alone writes checkpoints, logs, metrics and progress bars and runs the in
 checkpoints are those of one process, so a run resumes on any number of ranks. A stop signal is
 acted on when every rank agrees (agree_stop, at the loss checks), so all ranks stop after the
 same step; a non-finite loss or state is found on every rank at once (they are identical).
+
+test.py under torchrun (issue 23) splits its feature pass: each rank extracts a contiguous shard
+of each dataset (Distributed.shard), rank 0 gathers them in order (Distributed.gather_shards) and
+alone trains the probes.
 """
 import inspect
 import os
@@ -84,12 +88,57 @@ class Distributed:
             stop.requested = names.get(int(code), stop.requested)
         return None if stop is None else stop.requested
 
+    def shard(self, total):
+        """This rank's contiguous shard of `total` rows, as a range (test.py's feature pass): the ranks'
+        shards, in rank order, are 0..total-1 once each, their sizes differing by at most one (shares).
+        Contiguous rather than strided, so that each rank reads a run of neighbouring files and the gather
+        is a plain concatenation in rank order."""
+        sizes = shares(total, self.world_size)
+        start = sum(sizes[:self.rank])
+        return range(start, start + sizes[self.rank])
+
+    def gather_shards(self, tensor, total):
+        """A collective (every rank calls it): on rank 0, every rank's `tensor` (the rows self.shard(total)
+        of something, on self.device) concatenated in rank order, i.e. rows 0..total-1 in order; None on
+        the other ranks, which need nothing back. Without a process group, `tensor` itself. The shards
+        are padded to the largest one (a gather needs equal shapes); the padding rows are dropped. It all
+        stays on the tensor's device (NCCL: GPU memory, no host copy); rank 0 holds the result and, while
+        gathering, one padded copy of it."""
+        if not self.enabled:
+            return tensor
+        sizes = shares(total, self.world_size)
+        if tensor.shape[0] != sizes[self.rank]:
+            raise ValueError(f'rank {self.rank} holds {tensor.shape[0]} rows, but its shard of {total} has '
+                             f'{sizes[self.rank]}')
+        padded = torch.cat([tensor, tensor.new_zeros(max(sizes) - sizes[self.rank], *tensor.shape[1:])])
+        gathered = padded.new_empty(self.world_size * max(sizes), *tensor.shape[1:]) if self.is_main else None
+        parts = list(gathered.chunk(self.world_size)) if self.is_main else None  # views: gathered in place
+        dist.gather(padded, parts, dst=0)
+        if not self.is_main or min(sizes) == max(sizes):  # no padding to drop
+            return gathered
+        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
     def close(self):
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
 
+def shares(total, world_size):
+    """The sizes of the ranks' contiguous shares of `total` rows: equal, the first total % world_size
+    ranks one larger (the rule of the training batches' shares, data/sampler.py)."""
+    size, larger = divmod(total, world_size)
+    return [size + (rank < larger) for rank in range(world_size)]
+
+
 TORCHRUN_VARIABLES = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')
+
+
+def launched_world_size():
+    """WORLD_SIZE of the torchrun job this process belongs to (its variables in the environment), None
+    outside one: what a script may check before from_environment creates the process group."""
+    if not all(name in os.environ for name in TORCHRUN_VARIABLES):
+        return None
+    return int(os.environ['WORLD_SIZE'])
 
 
 def from_environment(gpus):
@@ -98,7 +147,7 @@ def from_environment(gpus):
     cuda:LOCAL_RANK; gloo on CPU, with `--gpus cpu` or without CUDA), and the model is wrapped in
     DDP; otherwise one process on get_device(gpus), as before. A world of one trains exactly
     the one-process run (GlobalBatchNorm is plain BatchNorm there; tests/test_distributed.py)."""
-    if not all(name in os.environ for name in TORCHRUN_VARIABLES):
+    if launched_world_size() is None:
         return Distributed(get_device(gpus))
     rank, world_size, local_rank = (int(os.environ[name]) for name in TORCHRUN_VARIABLES)
     if str(gpus).split(',')[0].strip().lower() == 'cpu' or not torch.cuda.is_available():

@@ -20,6 +20,18 @@ row in design 7's layout next to the published numbers, and writes every number 
 --output (default: <checkpoint without extension>_results.json beside the checkpoint; never the
 checkpoint itself or a .pt), atomically, with the checkpoint's epoch and mid-epoch progress.
 
+On several GPUs (issue 23), torchrun splits the feature pass; rank 0 alone trains the probes and
+writes the results, which equal the one-process run's:
+
+    torchrun --nproc_per_node 4 test.py --checkpoint checkpoints/BCL_I/model.pt --dataset imagenet_lt \
+        --test_100shot --data_folder DATA --num_workers 8
+
+Each rank (NCCL, cuda:LOCAL_RANK; gloo on CPU) extracts a contiguous shard of the train pool and of the
+test set with its own --num_workers loader workers; rank 0 gathers the shards in order
+(distributed.Distributed.gather_shards), so its features are those of one process, row for row; the other
+ranks then exit 0. `--protocol sdclr` has no feature pass to split: it runs in one process (more than
+one rank is refused). Without torchrun no process group is created.
+
 Opt-in speed flags (issue 6) act on the feature pass only: `--amp bf16` (bfloat16 autocast;
 features, probe weights and logits stay float32), `--channels_last`, `--compile`. Without them
 the evaluation is the faithful float32 path.
@@ -40,11 +52,12 @@ from torch.utils.data import Subset
 
 import checkpoint as checkpoint_files
 from data.benchmarks import BENCHMARKS, DEFAULT, benchmark_of, class_groups, get_benchmark
+from distributed import from_environment, launched_world_size
 from eval_cifar import PROBE_EPOCHS, extract_features, group_accuracy, probe_accuracy, train_probes
 from eval_sdclr import FEW_SHOT as SDCLR_FEW_SHOT, FULL_SHOT as SDCLR_FULL_SHOT, sdclr_probe
 from models import build_model, load_pretrained
 from preemption import loader_worker_death
-from utils import ArgumentParser, InputError, compile_model, fail, get_device, int_in, set_cudnn, set_seed
+from utils import ArgumentParser, InputError, compile_model, fail, int_in, set_cudnn, set_seed
 
 METHODS = ('SimCLR', 'SDCLR', 'BCL-I', 'BCL-D')
 PUBLISHED = {'SimCLR': (50.7, 46.3, 42.4), 'SDCLR': (55.0, 49.7, 45.6),  # design 7: full, 100, 50-shot
@@ -176,19 +189,44 @@ def wanted_groups(args, benchmark):
 
 
 def evaluate(args, output):
-    """Every requested probe of the checkpoint -> the results dict (main writes it to `output`)."""
+    """Every requested probe of the checkpoint -> the results dict (main writes it to `output`); None on
+    the ranks other than 0 of a torchrun job, which only extract their shards of the features."""
     checkpoint = read_checkpoint(args.checkpoint)
     benchmark, train_split, network = evaluation_inputs(args, checkpoint)
     groups = wanted_groups(args, benchmark)
     check_writable(output)
+    check_world(args)
     # published checkpoints record no method: only the family follows from --prune
     method = checkpoint.get('method', 'unknown') if isinstance(checkpoint, dict) else 'unknown'
     trained = training_progress(checkpoint)
+    del checkpoint
 
-    device = get_device(args.gpus)
+    dist = from_environment(args.gpus)  # one process, or this rank of a torchrun job (the process group)
+    try:
+        return evaluate_on(dist, args, benchmark, train_split, network, groups,
+                           {'method': method, 'model': 'SDCLR' if args.prune else 'SimCLR', 'network': network,
+                            'dataset': benchmark.name, 'protocol': args.protocol,
+                            'checkpoint': os.path.abspath(args.checkpoint), **trained, 'split': train_split,
+                            'seed': args.seed})
+    finally:
+        dist.close()
+
+
+def check_world(args):
+    """Refuse, on every rank before any work, what a torchrun job of several processes cannot share:
+    SDCLR's protocol trains its linear layers on augmented views through the backbone (no feature pass
+    to split), so it runs in one process only."""
+    world_size = launched_world_size()
+    if args.protocol == 'sdclr' and world_size is not None and world_size > 1:
+        raise InputError(f'--protocol sdclr runs in one process, not {world_size}: run it with python test.py '
+                         f'(or torchrun --nproc_per_node 1)')
+
+
+def evaluate_on(dist, args, benchmark, train_split, network, groups, results):
+    """evaluate's work on `dist` (distributed.Distributed): `results` holds the checkpoint's fields."""
+    device = dist.device
     set_cudnn(device, args.cudnn_benchmark, args.tf32)
     set_seed(args.seed)
-    del checkpoint
     # by path, so that its errors name the file (it reads the file again: well under a second)
     model = build_model(args.prune, network, benchmark.num_classes, **benchmark.model_options(args.prune))
     model = load_pretrained(model, args.checkpoint)
@@ -199,11 +237,8 @@ def evaluate(args, output):
     # every split first, so that a missing one fails before the slow part
     sets = benchmark.evaluation_sets(args.data_folder, train_split, groups, args.protocol, args.seed)
     test_set, class_counts = sets['test_set'], sets['class_counts']
-    results = {'method': method, 'model': 'SDCLR' if args.prune else 'SimCLR', 'network': network,
-               'dataset': benchmark.name, 'protocol': args.protocol,
-               'checkpoint': os.path.abspath(args.checkpoint), **trained, 'split': train_split, 'seed': args.seed,
-               'probe_epochs': args.probe_epochs if args.protocol == 'bcl' else None, 'amp': args.amp,
-               **{group: None for group in ('fullshot',) + PROBE_GROUPS}}
+    results.update({'probe_epochs': args.probe_epochs if args.protocol == 'bcl' else None, 'amp': args.amp,
+                    **{group: None for group in ('fullshot',) + PROBE_GROUPS}})
     speed = {'amp': args.amp, 'channels_last': args.channels_last}
     if args.protocol == 'sdclr':
         results.update(sdclr_probes(model, sets, benchmark.num_classes, benchmark.groups, device, args.seed,
@@ -213,15 +248,38 @@ def evaluate(args, output):
     # design 6: one feature pass (issue 5.2) over the union of every needed train index, and the test set
     index_sets = sets['index_sets']
     pool = np.unique(np.concatenate([s for group_sets in index_sets.values() for s in group_sets]))
-    print(f'extracting features of {len(pool)} train and {len(test_set)} test images on {device}', flush=True)
-    train_features, train_labels = extract_features(model, Subset(sets['train_set'], pool), device,
-                                                    num_workers=args.num_workers, desc='features (train)', **speed)
-    test_features, test_labels = extract_features(model, test_set, device, num_workers=args.num_workers,
-                                                  desc='features (test)', **speed)
+    if dist.enabled and dist.world_size > min(len(pool), len(test_set)):
+        raise InputError(f'{len(pool)} train and {len(test_set)} test images cannot be shared by {dist.world_size} '
+                         f'processes: start at most {min(len(pool), len(test_set))} (torchrun --nproc_per_node)')
+    if dist.is_main:
+        shared = f' (split over {dist.world_size} processes)' if dist.enabled else ''
+        print(f'extracting features of {len(pool)} train and {len(test_set)} test images on {device}{shared}',
+              flush=True)
+    train = sharded_features(model, Subset(sets['train_set'], pool), dist, num_workers=args.num_workers,
+                             desc='features (train)', **speed)
+    test = sharded_features(model, test_set, dist, num_workers=args.num_workers, desc='features (test)', **speed)
+    if not dist.is_main:
+        return None
+    (train_features, train_labels), (test_features, test_labels) = train, test
     results.update(run_probes(train_features, train_labels, test_features, test_labels, pool, index_sets,
                               args.probe_epochs, args.seed, class_counts, num_class=benchmark.num_classes,
                               groups_rule=benchmark.groups))
     return results
+
+
+def sharded_features(model, dataset, dist, desc=None, **options):
+    """(features, labels) of `dataset`, in its order, as extract_features gives them in one process; under
+    torchrun each rank extracts its contiguous shard (Distributed.shard) on its device with its own loader
+    workers, and rank 0 receives every shard in rank order (Distributed.gather_shards): the same rows in
+    the same order. The other ranks get None (rank 0 alone trains the probes); the progress bar is
+    rank 0's, over its shard."""
+    if not dist.enabled:
+        return extract_features(model, dataset, dist.device, desc=desc, **options)
+    shard = dist.shard(len(dataset))
+    desc = f'{desc} shard 1/{dist.world_size}' if desc and dist.is_main else None
+    features, labels = extract_features(model, Subset(dataset, shard), dist.device, desc=desc, **options)
+    features, labels = (dist.gather_shards(t, len(dataset)) for t in (features, labels))
+    return (features, labels) if dist.is_main else None
 
 
 def sdclr_probes(model, sets, num_class, groups_rule, device, seed, num_workers=0, amp='none', channels_last=False):
@@ -538,6 +596,8 @@ def main(argv=None):
         output = args.output or default_output(args.checkpoint)
         check_output(output, args.checkpoint)
         results = evaluate(args, output)
+        if results is None:  # a rank other than 0 of a torchrun job: its shards are with rank 0, which reports
+            return None
         print_results(results)
         write_json(results, output)  # the only write, and atomic: an interrupt before its rename writes nothing
     except InputError as e:
