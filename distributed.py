@@ -28,6 +28,7 @@ same step; a non-finite loss or state is found on every rank at once (they are i
 import inspect
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -90,6 +91,11 @@ class Distributed:
 
 
 TORCHRUN_VARIABLES = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')
+# how long a collective waits for every rank: while rank 0 alone runs the in-training probe (--eval_freq), the
+# others wait in their next collective; the probe's feature pass over ImageNet-LT's 150k probe and test images, or
+# ImageNet-LT-exp's 1.28M full-shot ones, can outlast the default 10 minutes (NCCL), so a healthy run would
+# time out. The cost: a rank that really hangs is reported only after this long.
+PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
 
 
 def from_environment(gpus):
@@ -110,7 +116,7 @@ def from_environment(gpus):
                              f'per node (torchrun --nproc_per_node)')
         device, backend = torch.device('cuda', local_rank), 'nccl'
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, rank=rank, world_size=world_size)
+    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=PROCESS_GROUP_TIMEOUT)
     return Distributed(device, rank, world_size, enabled=True)
 
 
