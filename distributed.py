@@ -92,8 +92,8 @@ class Distributed:
 
 TORCHRUN_VARIABLES = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')
 # how long a collective waits for every rank: while rank 0 alone runs the in-training probe (--eval_freq), the
-# others wait in their next collective; the probe's feature pass over ImageNet-LT's 150k probe and test images, or
-# ImageNet-LT-exp's 1.28M full-shot ones, can outlast the default 10 minutes (NCCL), so a healthy run would
+# others wait in their next collective; the probe's feature pass over ImageNet-LT's 100k-image 100-shot list and
+# 50k test images (decoding JPEGs at 224 px) can outlast the default 10 minutes (NCCL), so a healthy run would
 # time out. The cost: a rank that really hangs is reported only after this long.
 PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
 
