@@ -32,6 +32,7 @@ alone trains the probes.
 import inspect
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -131,6 +132,11 @@ def shares(total, world_size):
 
 
 TORCHRUN_VARIABLES = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')
+# how long a collective waits for every rank: while rank 0 alone runs the in-training probe (--eval_freq), the
+# others wait in their next collective; the probe's feature pass over ImageNet-LT's 100k-image 100-shot list and
+# 50k test images (decoding JPEGs at 224 px) can outlast the default 10 minutes (NCCL), so a healthy run would
+# time out. The cost: a rank that really hangs is reported only after this long.
+PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
 
 
 def launched_world_size():
@@ -159,7 +165,7 @@ def from_environment(gpus):
                              f'per node (torchrun --nproc_per_node)')
         device, backend = torch.device('cuda', local_rank), 'nccl'
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, rank=rank, world_size=world_size)
+    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=PROCESS_GROUP_TIMEOUT)
     return Distributed(device, rank, world_size, enabled=True)
 
 

@@ -414,9 +414,12 @@ def table_groups(benchmark_name, protocol, results_list=()):
     return groups
 
 
-def markdown_table(rows, groups):
-    """rows: [(label, cells)] -> a table of the groups' top-1 and the full-shot Many/Medium/Few/Std."""
-    columns = [GROUP_NAMES[g] for g in groups] + ['Many', 'Medium', 'Few', 'Std']
+def markdown_table(rows, groups, source='fullshot'):
+    """rows: [(label, cells)] -> a table of the groups' top-1 and the Many/Medium/Few/Std of `source`
+    (groups_source; named in the header when it is not the full-shot probe)."""
+    names = ['Many', 'Medium', 'Few', 'Std']
+    columns = [GROUP_NAMES[g] for g in groups] + (names if source in ('fullshot', None) else
+                                                  [f'{name} ({GROUP_NAMES[source]})' for name in names])
     lines = ['| method | ' + ' | '.join(columns) + ' |', '|---' * (len(columns) + 1) + '|']
     return '\n'.join(lines + [f'| {label} | ' + ' | '.join(cells) + ' |' for label, cells in rows])
 
@@ -440,9 +443,20 @@ def candidate_methods(results):
     return ['SDCLR', 'BCL-D'] if results['model'] == 'SDCLR' else ['SimCLR', 'BCL-I']
 
 
-def result_cells(results_list, groups):
+def groups_source(results_list, groups):
+    """The probe group whose Many/Medium/Few/Std a table shows, one for all its rows: the full-shot probe's
+    (design 6) when a file has one, else the first of `groups` whose single probe list carries them in
+    `result[group]['groups']` (ImageNet-LT, Places-LT: 100-shot only, design 9.4), else None."""
+    if any(r['fullshot'] for r in results_list):
+        return 'fullshot'
+    return next((g for g in groups if g != 'fullshot' and any((r.get(g) or {}).get('groups') for r in results_list)),
+                None)
+
+
+def result_cells(results_list, groups, source='fullshot'):
     """The cells of one method over several results files (a subset group's value of a file is its
-    mean over the five subsets; a single file shows its subsets' mean ± std instead)."""
+    mean over the five subsets; a single file shows its subsets' mean ± std instead); Many/Medium/Few/Std
+    are `source`'s (groups_source)."""
     full = [r['fullshot'] for r in results_list if r['fullshot']]
     cells = []
     for group in groups:
@@ -452,7 +466,11 @@ def result_cells(results_list, groups):
         shots = [r[group] for r in results_list if r.get(group)]
         cells.append(cell(shots[0]['top1']) if len(results_list) == 1 and shots
                      else cell([s['mean'] for s in shots]))
-    return cells + [cell([f[k] for f in full]) for k in ('many', 'medium', 'few', 'std')]
+    if source == 'fullshot':
+        grouped = full
+    else:  # None: no file has Many/Medium/Few
+        grouped = [r[source]['groups'] for r in results_list if source and (r.get(source) or {}).get('groups')]
+    return cells + [cell([g[k] for g in grouped]) for k in ('many', 'medium', 'few', 'std')]
 
 
 def trained_note(results):
@@ -491,8 +509,9 @@ def print_results(results):
                 print(f'           Many {g["many"]:6.2f}  Medium {g["medium"]:6.2f}  Few {g["few"]:6.2f}  '
                       f'Std {g["std"]:6.2f}')
     groups = table_groups(dataset, protocol, [results])
-    print('\n' + markdown_table([(f'{label} (this checkpoint)', result_cells([results], groups))]
-                                + published_rows(candidate_methods(results), groups), groups))
+    source = groups_source([results], groups)
+    print('\n' + markdown_table([(f'{label} (this checkpoint)', result_cells([results], groups, source))]
+                                + published_rows(candidate_methods(results), groups), groups, source))
 
 
 def _is_number(value):
@@ -542,6 +561,10 @@ def _results_problem(results):
         if (not isinstance(shots, dict) or not _is_number(shots.get('mean')) or not isinstance(shots.get('top1'), list)
                 or not shots['top1'] or not all(_is_number(v) for v in shots['top1'])):
             return f'"{group}" must be null or hold "top1" (a list of numbers) and "mean" (a number)'
+        grouped = shots.get('groups')  # one probe list's Many/Medium/Few (design 9.4); newer files only
+        if grouped is not None and not (isinstance(grouped, dict) and all(_is_number(grouped.get(k))
+                                                                           for k in FULLSHOT_KEYS[2:])):
+            return f'"{group}" "groups" must hold numbers {", ".join(FULLSHOT_KEYS[2:])}'
     return None
 
 
@@ -574,17 +597,18 @@ def print_table(paths):
         keys = sorted(rows_of, key=lambda key: (METHODS.index(key[0]) if key[0] in METHODS else len(METHODS), key[0],
                                                 -(key[1] or 0)))
         groups = table_groups(dataset, protocol, [r for files in rows_of.values() for r in files])
+        source = groups_source([r for files in rows_of.values() for r in files], groups)
         rows = []
         for label, epochs in keys:
             files = rows_of[(label, epochs)]
             notes = ([f'n={len(files)}'] if len(files) > 1 else []) + \
                 ([f'{epochs} probe epochs'] if epochs not in (PROBE_EPOCHS, None) else [])
-            rows.append((f'{label} ({", ".join(notes)})' if notes else label, result_cells(files, groups)))
+            rows.append((f'{label} ({", ".join(notes)})' if notes else label, result_cells(files, groups, source)))
         published = published_rows([m for m in METHODS if any(m == label for label, _ in rows_of)], groups) \
             if (dataset, protocol) == (DEFAULT, 'bcl') else []
         if len(order) > 1:
             print(('\n' if n else '') + f'{table_title(dataset, protocol)}\n')
-        print(markdown_table(rows + published, groups))
+        print(markdown_table(rows + published, groups, source))
 
 
 def main(argv=None):

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import signal
 import socket
+from datetime import timedelta
 
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import torch
 import train
 import train_sdclr
 from data.sampler import EpochBatchSampler
-from distributed import GlobalBatchNorm, global_batch_norm
+from distributed import PROCESS_GROUP_TIMEOUT, GlobalBatchNorm, from_environment, global_batch_norm
 from metrics import read_metrics
 from models import build_model
 from utils import InputError
@@ -208,6 +209,25 @@ def test_a_nan_on_one_rank_stops_every_rank_with_the_same_error(argv_of, tmp_pat
     assert launch(2, 'SimCLR', argv_of('SimCLR', 'nan', tmp_path), poison_at=(nan_weight, 2)) == [1, 1]
     errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith('error:')]
     assert len(errors) == 2 and errors[0] == errors[1] and 'training diverged' in errors[0]
+
+
+def test_the_process_group_outwaits_the_in_training_probe(monkeypatch):
+    """Rank 0 alone runs the --eval_freq probe while the other ranks wait in their next collective: the group
+    torchrun's environment creates has PROCESS_GROUP_TIMEOUT (2 hours), not the default (NCCL's 10 minutes).
+    torch has no public getter for a group's timeout: its backend's options hold it."""
+    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    monkeypatch.setenv('WORLD_SIZE', '1')
+    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
+    monkeypatch.setenv('MASTER_PORT', str(free_port()))
+    run = from_environment('cpu')
+    try:
+        assert run.enabled and torch.distributed.get_backend() == 'gloo'
+        options = torch.distributed.group.WORLD._get_backend(torch.device('cpu')).options
+        assert options._timeout == PROCESS_GROUP_TIMEOUT == timedelta(hours=2)
+    finally:
+        run.close()
+    assert not torch.distributed.is_initialized()
 
 
 def test_global_batch_norm_keeps_the_parameters_and_state_dict():

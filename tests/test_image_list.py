@@ -145,3 +145,30 @@ def test_synthetic_jpegs_and_a_list_of_ones_own(tmp_path):
     mine = write(tmp_path / 'split' / 'mine.txt', f'{train.relpath(0)} 0\n{train.relpath(9)} 2\n')
     own = resolve.load_image_list('mine.txt', 1000, str(tmp_path / 'split'))
     assert own.labels.tolist() == [0, 2] and os.path.isfile(mine)
+
+
+def test_a_family_missing_a_list_says_which_and_how_to_write_it(tmp_path):
+    """A generated family (data/synthetic.py) without one of its lists: the error names that list and its full
+    path and data.synthetic's command, whichever of the family's lists is read first (not CIFAR's
+    split.generate); a missing list of one's own names its path."""
+    split_root = str(tmp_path / 'split')
+    lists = write_synthetic_imagenet(str(tmp_path / 'data'), split_root, 'myfam', 'imagenet100_lt', num_classes=3,
+                                     head=4, tail=2)['lists']
+    benchmark = get_benchmark('imagenet100_lt')
+    missing = os.path.join(split_root, lists['fewshot'])
+    os.remove(missing)
+    for name in (lists['TRAIN'], lists['fullshot'], lists['TEST']):
+        with pytest.raises(InputError) as error:
+            resolve.load_image_list(name, 100, split_root, benchmark)
+        message = str(error.value)
+        assert '\n' not in message and 'split.generate' not in message
+        assert f'lacks its few-shot probe list {missing}:' in message
+        assert '`python -m data.synthetic DATA --dataset imagenet100_lt --family myfam`' in message
+    with pytest.raises(InputError) as error:
+        resolve.load_image_list('mine.txt', 100, split_root, benchmark)
+    message = str(error.value)
+    assert f'split mine.txt not found at {os.path.join(split_root, "mine.txt")}' in message
+    assert '\n' not in message and 'split.generate' not in message
+    # a published probe name under a folder without the family's pre-training list is a list of one's own
+    own = write(tmp_path / 'split' / 'other' / benchmark.probe_lists['fewshot'], 'train/a/1.JPEG 0\n')
+    assert resolve.load_image_list(os.path.relpath(own, split_root), 100, split_root, benchmark).labels.tolist() == [0]

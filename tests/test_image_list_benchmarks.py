@@ -5,6 +5,7 @@ dozen images, one epoch; each dataset runs another of the four methods.
 """
 import json
 import os
+import re
 import shutil
 import uuid
 
@@ -19,6 +20,7 @@ from data.benchmarks import count_groups, get_benchmark
 from data.image_list_datasets import MemoBoostedImageList, TwoViewImageList
 from data.synthetic import write_synthetic_imagenet
 from split.resolve import SPLIT_ROOT
+from utils import InputError
 
 CASES = {'imagenet100_lt': ('SimCLR', train, []), 'imagenet_lt': ('BCL-I', train, ['--bcl']),
          'imagenet_lt_exp': ('SDCLR', train_sdclr, []), 'places_lt': ('BCL-D', train_sdclr, ['--bcl'])}
@@ -156,3 +158,55 @@ def test_sdclr_protocol_is_refused_where_sdclr_did_not_report_it():
     flags = dict(test_fullshot=False, test_100shot=True, test_50shot=False, test_fewshot=False, protocol='sdclr')
     with pytest.raises(InputError, match='ImageNet-LT has no --protocol sdclr: use one of bcl'):
         test_script.wanted_groups(argparse.Namespace(**flags), get_benchmark('imagenet_lt'))
+
+
+@pytest.mark.parametrize('synthetic_family', ['imagenet_lt'], indirect=True)
+def test_a_family_missing_its_probe_list_is_one_line_before_training(synthetic_family, tmp_path, capsys):
+    """train.py and test.py's loading (evaluation_sets) name the generated family's missing list, its full path and
+    data.synthetic's command, before any work (no run folder written)."""
+    dataset, written = synthetic_family
+    benchmark = get_benchmark(dataset)
+    missing = os.path.join(SPLIT_ROOT, written['lists']['100shot'])
+    os.remove(missing)
+    family = written['lists']['TRAIN'].split('/')[0]
+    with pytest.raises(SystemExit):
+        train.main(['run', '--dataset', dataset, '--data_folder', written['data_root'], '--trainSplit',
+                    written['lists']['TRAIN'], '--epochs', '1', '--gpus', 'cpu', '--num_workers', '0',
+                    '--save_dir', str(tmp_path / 'runs')])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'split.generate' not in err
+    assert f'lacks its 100-shot probe list {missing}:' in err
+    assert f'`python -m data.synthetic DATA --dataset imagenet_lt --family {family}`' in err
+    assert not os.path.exists(tmp_path / 'runs' / 'run' / 'model.pt')
+    with pytest.raises(InputError, match=f'lacks its 100-shot probe list {re.escape(missing)}:'):
+        benchmark.evaluation_sets(written['data_root'], written['lists']['TRAIN'], ['100shot'], 'bcl')
+
+
+@pytest.mark.parametrize('synthetic_family', ['imagenet_lt'], indirect=True)
+def test_a_published_list_copied_under_a_folder_needs_the_family_lists_or_another_name(synthetic_family, tmp_path,
+                                                                                     capsys):
+    """`--trainSplit mine/ImageNet_LT/ImageNet_LT_train.txt` (the published name under a folder of one's own) is a
+    family: without its probe and test lists, one line names both and the two ways out; the same list under
+    another name is a list of one's own (its probes are the published lists)."""
+    dataset, written = synthetic_family
+    benchmark = get_benchmark(dataset)
+    mine = f'_pytest_mine_{uuid.uuid4().hex[:6]}'
+    copy = f'{mine}/{benchmark.default_split}'
+    os.makedirs(os.path.dirname(os.path.join(SPLIT_ROOT, copy)))
+    try:
+        shutil.copy(os.path.join(SPLIT_ROOT, written['lists']['TRAIN']), os.path.join(SPLIT_ROOT, copy))
+        with pytest.raises(SystemExit):
+            train.main(['run', '--dataset', dataset, '--data_folder', written['data_root'], '--trainSplit', copy,
+                        '--epochs', '1', '--eval_freq', '0', '--gpus', 'cpu', '--num_workers', '0',
+                        '--save_dir', str(tmp_path / 'runs')])
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        for name in (benchmark.probe_lists['100shot'], benchmark.test_list):
+            assert os.path.join(SPLIT_ROOT, mine, name) in err
+        assert f'under another name (e.g. --trainSplit {mine}/train.txt) to probe on the published lists' in err
+        renamed = f'{mine}/train.txt'
+        shutil.move(os.path.join(SPLIT_ROOT, copy), os.path.join(SPLIT_ROOT, renamed))
+        assert benchmark.family_prefix(renamed) == ''
+        assert len(benchmark.training_set(written['data_root'], renamed, False, 2, 30, 0)) == 12
+    finally:
+        shutil.rmtree(os.path.join(SPLIT_ROOT, mine), ignore_errors=True)

@@ -200,6 +200,43 @@ def test_paper_table_helper(tmp_path, capsys):
     assert 'is not a test.py results file' in capsys.readouterr().err
 
 
+def test_table_shows_a_100_shot_results_many_medium_few(tmp_path, capsys):
+    """ImageNet-LT / Places-LT results have no full-shot probe: the 100-shot probe's one list carries Many/Medium/Few
+    (group_results), which the table shows under named columns, mean ± std over a row's files."""
+    def results_file(name, dataset, method, top1, groups):
+        many, medium, few = groups
+        r = {'method': method, 'model': 'SimCLR', 'probe_epochs': 500, 'dataset': dataset, 'protocol': 'bcl',
+             'fullshot': None, '50shot': None,
+             '100shot': {'top1': [top1], 'mean': top1, 'std': 0.0, 'top5': [90.0],
+                         'groups': {'many': many, 'medium': medium, 'few': few, 'std': float(np.std(groups))}}}
+        (tmp_path / name).write_text(json.dumps(r))
+        return str(tmp_path / name)
+
+    files = [results_file('s.json', 'imagenet_lt', 'SimCLR', 40.0, (50, 40, 30)),
+             results_file('b1.json', 'imagenet_lt', 'BCL-I', 42.0, (52, 42, 32)),
+             results_file('b2.json', 'imagenet_lt', 'BCL-I', 44.0, (54, 44, 30)),
+             results_file('p.json', 'places_lt', 'SimCLR', 30.0, (40, 30, 20))]
+    test_script.main(['--table'] + files)
+    imagenet, places = capsys.readouterr().out.split('Places-LT, design 6 linear probe')
+    header = ('| method | full-shot | 100-shot | Many (100-shot) | Medium (100-shot) | Few (100-shot) | '
+              'Std (100-shot) |')
+    assert [line for line in imagenet.splitlines() if line.startswith('| ')] == [
+        header,
+        f'| SimCLR | - | 40.00 | 50.00 | 40.00 | 30.00 | {np.std([50, 40, 30]):.2f} |',
+        f'| BCL-I (n=2) | - | 43.00 ± 1.00 | 53.00 ± 1.00 | 43.00 ± 1.00 | 31.00 ± 1.00 | '
+        f'{np.mean([np.std([52, 42, 32]), np.std([54, 44, 30])]):.2f} ± '
+        f'{np.std([np.std([52, 42, 32]), np.std([54, 44, 30])]):.2f} |']
+    assert [line for line in places.splitlines() if line.startswith('| ')] == [
+        header, f'| SimCLR | - | 30.00 | 40.00 | 30.00 | 20.00 | {np.std([40, 30, 20]):.2f} |']
+
+    results = json.loads(open(files[0]).read())
+    results['100shot']['groups'] = {'many': 50.0}
+    (tmp_path / 'bad.json').write_text(json.dumps(results))
+    with pytest.raises(SystemExit):
+        test_script.main(['--table', str(tmp_path / 'bad.json')])
+    assert '"100shot" "groups" must hold numbers many, medium, few, std' in capsys.readouterr().err
+
+
 def test_error_no_test_flag(tiny, checkpoints, capsys):
     expect_error(['--checkpoint', str(checkpoints / 'bcl_i.pt')], tiny, capsys,
                  'pass at least one of --test_fullshot --test_100shot --test_50shot')

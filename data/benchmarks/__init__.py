@@ -255,7 +255,7 @@ class ImageListBenchmark:
         `data_folder` when given (before any work: every file a run needs exists and stays inside it)."""
         from data.image_list import check_image_files
         from split.resolve import load_image_list
-        image_list = load_image_list(name, self.num_classes)
+        image_list = load_image_list(name, self.num_classes, benchmark=self)
         if data_folder is not None:
             check_image_files(data_folder, image_list, name)
         return image_list
