@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from eval_cifar import extract_features, probe_accuracy
-from preemption import check
+from eval_cifar import probe_accuracy
+from preemption import check, ignore_in_worker, workers_start_shielded
 
 LR, MOMENTUM, GAMMA, BATCH = 30.0, 0.9, 0.1, 128
 FULL_SHOT = dict(epochs=30, milestones=(10, 20), test_freq=1)
@@ -135,7 +135,12 @@ class ResizedCropFlip:
     data.image_list_datasets.EvalImageList; the train set's transform is RandomResizedCrop(224) +
     RandomHorizontalFlip + ToTensor (bilinear, torchvision's defaults), made in loader workers; val and
     test carry the evaluation transform. An epoch's draws are one seed per image (SeededItems), so a
-    view depends on (seed, epoch, image) alone, not on workers or chunks."""
+    view depends on (seed, epoch, image) alone, not on workers or chunks. Workers load batches of
+    `load_batch` (so that every worker is busy and shared memory holds a few small batches); the
+    batches of a chunk are joined on the device."""
+
+    def __init__(self, load_batch=128):
+        self.load_batch = load_batch
 
     @staticmethod
     def draw(n, generator):
@@ -149,19 +154,36 @@ class ResizedCropFlip:
     def count(data_set):
         return len(data_set)
 
-    @staticmethod
-    def train_batches(data_set, order, params, chunk, device, num_workers=0):
+    def _batches(self, data_set, device, num_workers, sampler=None):
         cuda = device.type == 'cuda'
-        keys = list(zip(order.tolist(), params[order, 0].tolist()))
-        loader = DataLoader(SeededItems(data_set), batch_size=chunk, sampler=keys, num_workers=num_workers,
-                            pin_memory=cuda)
-        for inputs, labels in loader:
+        loader = DataLoader(data_set, batch_size=self.load_batch, sampler=sampler, num_workers=num_workers,
+                            pin_memory=cuda, worker_init_fn=ignore_in_worker if num_workers else None)
+        with workers_start_shielded():  # a signal is the main process's (preemption.py)
+            batches = iter(loader)
+        for inputs, labels in batches:
             yield inputs.to(device, non_blocking=cuda), labels.to(device, non_blocking=cuda).long()
 
-    @staticmethod
-    def eval_features(model, data_set, device, chunk, amp, channels_last, num_workers=0):
-        return extract_features(model, data_set, device, batch_size=chunk, num_workers=num_workers, amp=amp,
-                                channels_last=channels_last)
+    def train_batches(self, data_set, order, params, chunk, device, num_workers=0):
+        if chunk % self.load_batch:
+            raise ValueError(f'need chunk ({chunk}) a multiple of the loader batch ({self.load_batch})')
+        keys = list(zip(order.tolist(), params[order, 0].tolist()))
+        inputs, labels = [], []
+        for batch in self._batches(SeededItems(data_set), device, num_workers, keys):
+            inputs.append(batch[0])
+            labels.append(batch[1])
+            if len(inputs) * self.load_batch == chunk:  # full loader batches until the epoch's last
+                yield torch.cat(inputs), torch.cat(labels)
+                inputs, labels = [], []
+        if inputs:
+            yield torch.cat(inputs), torch.cat(labels)
+
+    def eval_features(self, model, data_set, device, chunk, amp, channels_last, num_workers=0):
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        features, labels = [], []
+        for inputs, batch_labels in self._batches(data_set, device, num_workers):
+            features.append(_features(model, inputs, amp, memory_format))
+            labels.append(batch_labels)
+        return torch.cat(features), torch.cat(labels)
 
 
 CIFAR_VIEWS = PadCropFlip()
@@ -179,7 +201,8 @@ class Protocol:
 
 
 CIFAR_PROTOCOL = Protocol(CIFAR_VIEWS, BATCH, 'top1', True, FULL_SHOT, FEW_SHOT)
-IMAGENET_PROTOCOL = Protocol(ResizedCropFlip(), 512, 'top5', False,  # cmds/shell_scrips/imagenet-100-res50-LT.sh
+# cmds/shell_scrips/imagenet-100-res50-LT.sh (ImageNet-100-LT) and imagenet-res50-LT.sh (ImageNet-LT-exp)
+IMAGENET_PROTOCOL = Protocol(ResizedCropFlip(), 512, 'top5', False,
                              dict(epochs=30, milestones=(10, 20), test_freq=2),
                              dict(epochs=100, milestones=(40, 60), test_freq=10))
 
@@ -273,7 +296,7 @@ def train_fc(model, train_set, val_features, val_labels, num_class, epochs, mile
 
 def sdclr_probe(model, train_set, val_set, test_set, num_class, device, epochs, milestones, test_freq, seed=0,
                 protocol=CIFAR_PROTOCOL, chunk=1024, amp='none', channels_last=False, num_workers=0, stop=None,
-                desc=None):
+                desc=None, features=None):
     """SDCLR's linear evaluation of `model` (anything with .features(x)); e.g.
     sdclr_probe(model, train, val, test, 10, device, **FULL_SHOT).
 
@@ -289,16 +312,17 @@ def sdclr_probe(model, train_set, val_set, test_set, num_class, device, epochs, 
     float32. `stop` (preemption.StopRequest): a signal raises preemption.Stopped at the next epoch.
     `desc`: a progress bar over the epochs. The published code starts its best accuracy at 0 (it would
     find no best model if every validation accuracy were 0); here the first evaluation counts.
+    `features`: evaluation_features' result, to reuse over several train sets (val_set, test_set unused).
     """
-    views = protocol.views
-    train_set, val_set, test_set = (views.prepare(s, device) for s in (train_set, val_set, test_set))
     was_training = model.training
     model.eval()
     try:
-        (val_features, val_labels), (test_features, test_labels) = (
-            views.eval_features(model, s, device, chunk, amp, channels_last, num_workers) for s in (val_set, test_set))
-        fc = train_fc(model, train_set, val_features, val_labels, num_class, epochs, milestones, test_freq,
-                      seed, protocol, chunk, amp, channels_last, num_workers, stop, desc)
+        if features is None:
+            features = evaluation_features(model, val_set, test_set, device, protocol, chunk, amp, channels_last,
+                                           num_workers)
+        (val_features, val_labels), (test_features, test_labels) = features
+        fc = train_fc(model, protocol.views.prepare(train_set, device), val_features, val_labels, num_class, epochs,
+                      milestones, test_freq, seed, protocol, chunk, amp, channels_last, num_workers, stop, desc)
     finally:
         model.train(was_training)
     result = probe_accuracy(fc['weight'].t()[None], fc['bias'][None], test_features, test_labels, num_class)[0]
@@ -308,3 +332,16 @@ def sdclr_probe(model, train_set, val_set, test_set, num_class, device, epochs, 
             'val_history': dict(zip(range(test_freq, epochs + 1, test_freq), val_history)),
             'fc': {'weight': fc['weight'].cpu(), 'bias': fc['bias'].cpu()},
             'last_fc': {'weight': fc['last_weight'].cpu(), 'bias': fc['last_bias'].cpu()}}
+
+
+def evaluation_features(model, val_set, test_set, device, protocol=CIFAR_PROTOCOL, chunk=1024, amp='none',
+                        channels_last=False, num_workers=0):
+    """((val features, labels), (test features, labels)) on `device`, the model in eval mode: extracted once."""
+    was_training = model.training
+    model.eval()
+    try:
+        views = protocol.views
+        return tuple(views.eval_features(model, views.prepare(s, device), device, chunk, amp, channels_last,
+                                         num_workers) for s in (val_set, test_set))
+    finally:
+        model.train(was_training)

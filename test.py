@@ -54,7 +54,7 @@ import checkpoint as checkpoint_files
 from data.benchmarks import BENCHMARKS, DEFAULT, benchmark_of, class_groups, get_benchmark
 from distributed import from_environment, launched_world_size
 from eval_cifar import PROBE_EPOCHS, extract_features, group_accuracy, probe_accuracy, train_probes
-from eval_sdclr import FEW_SHOT as SDCLR_FEW_SHOT, FULL_SHOT as SDCLR_FULL_SHOT, sdclr_probe
+from eval_sdclr import FEW_SHOT as SDCLR_FEW_SHOT, FULL_SHOT as SDCLR_FULL_SHOT, evaluation_features, sdclr_probe
 from models import build_model, load_pretrained
 from preemption import loader_worker_death
 from utils import ArgumentParser, InputError, compile_model, fail, int_in, set_cudnn, set_seed
@@ -287,14 +287,16 @@ def sdclr_probes(model, sets, num_class, groups_rule, device, seed, num_workers=
     (the full-shot train list, or each few-shot set), trained on augmented views of the frozen backbone and
     selected on the val list (eval_sdclr.sdclr_probe with the benchmark's sets['sdclr'] protocol)."""
     protocol = sets['sdclr']
+    features = evaluation_features(model, sets['val_set'], sets['test_set'], device, protocol, amp=amp,
+                                   channels_last=channels_last, num_workers=num_workers)  # once for every group
     results = {}
     for group, train_sets in sets['train_sets'].items():
         schedule = protocol.full_shot if group == 'fullshot' else protocol.few_shot
         print(f'training {len(train_sets)} {group} linear layer(s) for {schedule["epochs"]} epochs (SDCLR protocol)',
               flush=True)
-        probes = [sdclr_probe(model, train, sets['val_set'], sets['test_set'], num_class, device, seed=seed,
-                              protocol=protocol, amp=amp, channels_last=channels_last, num_workers=num_workers,
-                              desc=f'{group} {k}/{len(train_sets)}', **schedule)
+        probes = [sdclr_probe(model, train, None, None, num_class, device, seed=seed, protocol=protocol, amp=amp,
+                              channels_last=channels_last, num_workers=num_workers,
+                              desc=f'{group} {k}/{len(train_sets)}', features=features, **schedule)
                   for k, train in enumerate(train_sets, start=1)]
         selected = f'val_{protocol.select}'
         results[group] = {**group_results(group, probes, sets['class_counts'], groups_rule),

@@ -235,7 +235,7 @@ def reference_image_probe(model, data_root, lists, num_class, epochs, milestones
         fc.bias.copy_(bias)
     optimizer = torch.optim.SGD(fc.parameters(), lr=LR, momentum=0.9, weight_decay=0)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=0.1)
-    best_acc, best_state, best_epoch = -1, None, 0
+    best_acc, best_state, best_epoch, history = -1, None, 0, {}
     for epoch in range(1, epochs + 1):
         order, seeds = eval_sdclr.epoch_draws(len(train), eval_sdclr.IMAGENET_PROTOCOL.views, generator)
         for start in range(0, len(train), batch):
@@ -255,13 +255,14 @@ def reference_image_probe(model, data_root, lists, num_class, epochs, milestones
         if epoch % test_freq == 0:
             logits, labels = logits_of(fc, val)
             acc = (logits.topk(5, 1).indices == labels[:, None]).any(1).float().mean().item() * 100
+            history[epoch] = acc
             if acc > best_acc:
                 best_acc, best_state, best_epoch = acc, copy.deepcopy(fc.state_dict()), epoch
     last_fc = {k: v.detach().clone() for k, v in fc.state_dict().items()}
     fc.load_state_dict(best_state)
     logits, labels = logits_of(fc, test)
     return {'top1': (logits.argmax(1) == labels).float().mean().item() * 100, 'best_epoch': best_epoch,
-            'val_top5': best_acc, 'fc': best_state, 'last_fc': last_fc}
+            'val_top5': best_acc, 'val_history': history, 'fc': best_state, 'last_fc': last_fc}
 
 
 def test_imagenet_probe_equals_reference_loop(tmp_path):
@@ -282,7 +283,7 @@ def test_imagenet_probe_equals_reference_loop(tmp_path):
 
     def listed(name, transform=None):
         return EvalImageList(written['data_root'], read_image_list(os.path.join(lists['root'], name), 8), transform)
-    protocol = dataclasses.replace(eval_sdclr.IMAGENET_PROTOCOL, batch=4)
+    protocol = dataclasses.replace(eval_sdclr.IMAGENET_PROTOCOL, batch=4, views=eval_sdclr.ResizedCropFlip(4))
     settings = dict(epochs=4, milestones=(2, 3), test_freq=1, seed=5)
     model = TinyNet()
     fast = sdclr_probe(model, listed(lists['train'], probe_train_transform()), listed(lists['val']),
@@ -293,7 +294,26 @@ def test_imagenet_probe_equals_reference_loop(tmp_path):
             torch.testing.assert_close(fast[fc][name], reference[fc][name], rtol=0, atol=1e-4)
     assert (fast['best_epoch'], fast['val_top5']) == (reference['best_epoch'], pytest.approx(reference['val_top5']))
     assert fast['top1'] == pytest.approx(reference['top1'])
-    assert len(fast['val_history']) == 4 and 'val_top1' not in fast
+    assert fast['val_history'] == pytest.approx(reference['val_history']) and 'val_top1' not in fast
+    # an image's views differ from epoch to epoch, and are the same for the same draw
+    views = listed(lists['train'], probe_train_transform())
+    items = eval_sdclr.SeededItems(views)
+    assert torch.equal(items[0, 11][0], items[0, 11][0]) and not torch.equal(items[0, 11][0], items[0, 12][0])
+
+
+def test_imagenet_protocol_is_the_published_one():
+    """The facts of SDCLR's ImageNet evaluation (cmds/shell_scrips/imagenet-100-res50-LT.sh and
+    imagenet-res50-LT.sh running train_imagenet.py): batch 512, top-5 selection, MultiStepLR after each epoch,
+    full-shot 30 epochs (x0.1 at 10, 20; validation every 2), few-shot 100 (x0.1 at 40, 60; every 10)."""
+    protocol = eval_sdclr.IMAGENET_PROTOCOL
+    assert (protocol.batch, protocol.select, protocol.step_first) == (512, 'top5', False)
+    assert protocol.full_shot == {'epochs': 30, 'milestones': (10, 20), 'test_freq': 2}
+    assert protocol.few_shot == {'epochs': 100, 'milestones': (40, 60), 'test_freq': 10}
+    assert isinstance(protocol.views, eval_sdclr.ResizedCropFlip) and LR == 30.0
+    cifar = eval_sdclr.CIFAR_PROTOCOL
+    assert (cifar.batch, cifar.select, cifar.step_first, cifar.full_shot, cifar.few_shot) == (
+        128, 'top1', True, {'epochs': 30, 'milestones': (10, 20), 'test_freq': 1},
+        {'epochs': 100, 'milestones': (40, 60), 'test_freq': 5})
 
 
 def test_imagenet_lr_schedule_is_multisteplr_stepped_after_each_epoch():

@@ -184,13 +184,13 @@ class Benchmark:
         if protocol != 'sdclr':
             return sets
         import eval_sdclr
-        images, labels = (torch.as_tensor(np.array(a)) for a in (train_set.images, train_set.labels))
+        images, targets = (torch.as_tensor(np.array(a)) for a in (train_set.images, train_set.labels))
         val = load(files['val'])
         test = sets['test_set']
         return {'sdclr': eval_sdclr.CIFAR_PROTOCOL, 'class_counts': sets['class_counts'],
-                'val_set': (images[val], labels[val]),
+                'val_set': (images[val], targets[val]),
                 'test_set': tuple(torch.as_tensor(np.array(a)) for a in (test.images, test.labels)),
-                'train_sets': {group: [(images[idx], labels[idx]) for idx in index_sets]
+                'train_sets': {group: [(images[idx], targets[idx]) for idx in index_sets]
                                for group, index_sets in sets['index_sets'].items()}}
 
     def two_view_dataset(self, data_folder, indices, bcl, rand_k, rand_strength, seed):
