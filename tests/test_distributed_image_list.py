@@ -10,7 +10,7 @@ This network at batch 2-4 is far more sensitive to rounding than CIFAR's ResNet-
 process whose weights are scaled by 1 + 1e-10 ends SDCLR's first epoch 1.3e-6 away (relative to each
 tensor's largest entry; the BatchNorm biases start at 0, so theirs is the gradient's relative error), and
 its second epoch 1.1 away (the prune mask, recomputed over 23M weights, swaps weights at the threshold).
-So SDCLR's float64 comparison is one epoch, and the float32 two-node job is compared on its first batch.
+So the float64 comparison is one epoch, and the float32 two-node job is compared on its first batch.
 """
 import os
 import shutil
@@ -30,7 +30,7 @@ from data.sampler import EpochBatchSampler
 from data.synthetic import write_synthetic_imagenet
 from small_image_views import small_recipe, use_small_views
 from split.resolve import SPLIT_ROOT
-from test_distributed import TOLERANCE, difference, free_port, launch, rank_main
+from test_distributed import difference, free_port, launch, rank_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WRAPPER = os.path.join(ROOT, 'tests', 'small_image_views.py')
@@ -38,8 +38,8 @@ DATASET, IMAGES, BATCH, SEED = 'imagenet100_lt', 7, 4, 10  # --seed 10: the scri
 # float64, SDCLR's first epoch (module docstring): measured 5.8e-8, what one float32 ulp of a momentum loss
 # (stored in float32) already gives; TOLERANCE (1e-7) would leave no margin
 SDCLR_TOLERANCE = 1e-6
-# float32 losses before any update, 2 nodes against 1 process: measured 6.1e-5 (this BatchNorm over 2-4
-# samples amplifies float32 rounding), 0.62 with per-rank statistics in the backbone's BatchNorm
+# float32 losses before any update, 2 nodes against 1 process: measured 7.0e-5 for BCL-I (6.1e-5 for BCL-D;
+# this BatchNorm over 2-4 samples amplifies float32 rounding), 0.62 with per-rank statistics in the BatchNorm
 FIRST_BATCH_ATOL = 1e-3
 JOB_TIMEOUT_S = 300
 
@@ -78,14 +78,14 @@ def first_batch():
     return EpochBatchSampler(IMAGES, BATCH, SEED).order(1)[:BATCH]
 
 
-@pytest.mark.parametrize('method, tolerance', [('BCL-D', SDCLR_TOLERANCE), ('BCL-I', TOLERANCE)])
-def test_two_processes_train_the_one_process_run(method, tolerance, family, tmp_path):
-    """One epoch by 1 process and by 2 (gloo, float64, run side by side) of BCL-D (the pruned dual-BN
-    ResNet-50) and BCL-I (SimCLR's): weights, BatchNorm statistics, momentum losses and BCL weights equal within
-    `tolerance` of each tensor's largest entry: measured 5.8e-8 (BCL-D) and 3.8e-10 (BCL-I); with per-rank
-    statistics in the backbone's BatchNorm 16 (BCL-D) and 6.6 (BCL-I, per-rank in every BatchNorm). A second
-    epoch (BCL's boosted views) amplifies the rounding: 2.6e-6 for BCL-I, where one process's weights scaled
-    by 1 + 1e-10 end 1.1e-4 away (module docstring); tests/test_distributed.py compares it on CIFAR."""
+def test_two_processes_train_the_one_process_run(family, tmp_path):
+    """One epoch by 1 process and by 2 (gloo, float64, run side by side) of BCL-D, the pruned dual-BN
+    ResNet-50: weights, BatchNorm statistics, momentum losses and BCL weights equal within SDCLR_TOLERANCE of
+    each tensor's largest entry: measured 5.8e-8; with per-rank statistics in the backbone's BatchNorm 16.
+    (BCL-I's SimCLR network measured 3.8e-10 the same way, and 6.6 with per-rank BatchNorm; it is not repeated
+    here to keep CI short: the two-node job below runs it, and tests/test_distributed.py compares SimCLR's
+    path over two epochs on CIFAR.)"""
+    method, tolerance = 'BCL-D', SDCLR_TOLERANCE
     jobs = [(world_size, method, argv_of(family, f'w{world_size}', tmp_path, ['--bcl'])) for world_size in (1, 2)]
     with ThreadPoolExecutor(len(jobs)) as pool:
         exit_codes = list(pool.map(lambda job: launch(*job, target=small_view_rank_main), jobs))
@@ -156,14 +156,15 @@ def run_together(commands, folder, env):
 
 def test_a_two_node_job_trains_the_one_process_run(family, tmp_path):
     """A real two-node job on this machine: two torchrun launchers (--nnodes 2, --node_rank 0 and 1, one process
-    each, c10d rendezvous on 127.0.0.1) run train_sdclr.py BCL-D (float32, 1 epoch), beside the same command in
-    one process. Rank 0 alone logs, and the first batch's momentum losses (before any update: float32 drift
-    after it is chaotic here: the whole state ends 2.7 apart, module docstring) equal the one-process ones within
-    FIRST_BATCH_ATOL. The rendezvous, not --node_rank, picks which launcher holds rank 0 (torchrun says so)."""
+    each, c10d rendezvous on 127.0.0.1) run train.py BCL-I (SimCLR's ResNet-50; float32, 1 epoch), beside the
+    same command in one process. Rank 0 alone logs, and the first batch's momentum losses (before any update:
+    float32 drift after it is chaotic here: the whole state ends 0.99 apart, module docstring) equal the
+    one-process ones within FIRST_BATCH_ATOL. The rendezvous, not --node_rank, picks which launcher holds rank 0
+    (torchrun says so)."""
     port, job = free_port(), f'pytest-{uuid.uuid4().hex[:8]}'
     launcher = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2', '--nproc_per_node', '1',
                 '--rdzv_backend', 'c10d', '--rdzv_endpoint', f'127.0.0.1:{port}', '--rdzv_id', job]
-    script = [WRAPPER, 'train_sdclr.py']
+    script = [WRAPPER, 'train.py']
     commands = {f'node{rank}': launcher + ['--node_rank', str(rank)] + script + argv_of(family, 'nodes', tmp_path,
                                                                                          ['--bcl'])
                 for rank in (0, 1)}
@@ -174,7 +175,7 @@ def test_a_two_node_job_trains_the_one_process_run(family, tmp_path):
     assert sum(out.count('epoch 1/1 loss') for _, out, _ in results.values()) == 2  # 'one' and rank 0
     assert '(rank 0 of 2, DistributedDataParallel)' in (tmp_path / 'nodes' / 'log.txt').read_text()
     one, nodes = load(tmp_path / 'one' / 'model.pt'), load(tmp_path / 'nodes' / 'model.pt')
-    assert one['method'] == nodes['method'] == 'BCL-D' and one['epoch'] == nodes['epoch'] == 1
+    assert one['method'] == nodes['method'] == 'BCL-I' and one['epoch'] == nodes['epoch'] == 1
     batch = first_batch()
     gap = (one['momentum_loss'][batch] - nodes['momentum_loss'][batch]).abs().max().item()
     print(f'two nodes vs one process, float32: first-batch momentum losses differ by {gap:.3g}, all state by '

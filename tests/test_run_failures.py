@@ -106,10 +106,21 @@ DAMAGES = {'no rng': 'rng is missing', 'no optim': 'optim is missing', 'no args'
            'wrong weight shape': 'other shapes: projector.fc1.weight (3, 3)'}
 
 
+@pytest.fixture(scope='module')
+def trained_run(synthetic_cifar, synthetic_splits, tmp_path_factory):
+    """One 2-epoch run (its folder), which each damage case copies: one training instead of one per case."""
+    from test_train import tiny_split
+    folder = tmp_path_factory.mktemp('trained')
+    train.main(['x', '--epochs', '2', '--batch_size', '16', '--num_workers', '0', '--gpus', 'cpu', '--data_folder',
+                synthetic_cifar, '--trainSplit', tiny_split(synthetic_splits, 32), '--save_dir', str(folder),
+                '--eval_freq', '0', '--save_freq', '1'])
+    return folder / 'x'
+
+
 @pytest.mark.parametrize('kind', DAMAGES)
-def test_a_damaged_training_state_is_one_line_before_anything_changes(kind, base_args, tmp_path, capsys):
+def test_a_damaged_training_state_is_one_line_before_anything_changes(kind, trained_run, base_args, tmp_path, capsys):
     argv = ['x'] + base_args(tmp_path, epochs=2)
-    train.main(argv)
+    shutil.copytree(trained_run, tmp_path / 'x')
     state = load(tmp_path / 'x' / 'model_1.pt')
     damage(kind)(state)
     torch.save(state, tmp_path / 'x' / 'model_1.pt')

@@ -210,7 +210,7 @@ def test_training_does_not_depend_on_loader_workers(small_args, tmp_path):
     assert_same_training_state(runs['main'], runs['resumed'])
 
 
-@pytest.mark.parametrize('method', ['SimCLR', 'SDCLR', 'BCL-I', 'BCL-D'])
+@pytest.mark.parametrize('method', ['SimCLR', 'BCL-D'])  # SDCLR, BCL-I: the same ops (to keep CI short)
 def test_gpu_aug_trains_the_same_run(method, small_args, tmp_path, device, monkeypatch):
     """--gpu_aug (views made on the training device by data/device_views.py) against the PIL
     loader path, 3 epochs of the published command with the same seed: the views are the same
