@@ -23,8 +23,8 @@ from tqdm import tqdm
 import checkpoint
 import training_state
 from checkpoint import Checkpoints
-from data.benchmarks import BENCHMARKS, DEFAULT, ImageListBenchmark, benchmark_of, get_benchmark
-from data.device_views import DeviceViews
+from data.benchmarks import BENCHMARKS, DEFAULT, benchmark_of, get_benchmark
+from data.device_views import device_loader
 from data.sampler import EpochBatchSampler
 from distributed import Distributed, from_environment, global_batch_norm
 from folder_lock import FolderLock
@@ -128,8 +128,8 @@ def get_parser(sdclr):
     parser.add_argument('--channels_last', action='store_true', help='channels-last memory format')
     parser.add_argument('--compile', action='store_true', help='torch.compile the model')
     parser.add_argument('--gpu_aug', action='store_true',
-                        help='keep the images on the training device and make both views there, pixel-exact '
-                             'with the PIL path (no loader workers)')
+                        help='make both views on the training device, pixel-exact with the PIL path (CIFAR: the '
+                             'images live there, no loader workers; image lists: the workers only decode)')
     parser.add_argument('--persistent_workers', action='store_true',
                         help='keep loader workers alive across epochs (BCL weights still reach them)')
     parser.add_argument('--cudnn_benchmark', action='store_true',
@@ -160,9 +160,6 @@ def parse_args(argv, sdclr):
     if owner is not None and owner is not benchmark:
         parser.error(f'--trainSplit {args.trainSplit} is a {owner.title} split: pass --dataset {owner.name} '
                      f'(now {args.dataset})')
-    if args.gpu_aug and isinstance(benchmark, ImageListBenchmark):  # issue 24
-        parser.error(f'--gpu_aug makes 32 px CIFAR views; {benchmark.title} trains at 224 px on the loader path '
-                     '(drop --gpu_aug)')
     if sdclr and args.random_prune_percent > args.prune_percent:
         parser.error(f'--random_prune_percent {args.random_prune_percent} must not exceed '
                      f'--prune_percent {args.prune_percent} (it is part of it)')
@@ -333,9 +330,9 @@ def make_loader(dataset, sampler, args, device):
     start_epoch_loader, so that it never draws from the global torch RNG (it would draw once per
     epoch, or once per run with persistent workers, and shift the training RNG); workers ignore
     SIGTERM/SIGINT (preemption)."""
-    if args.gpu_aug:
-        return DeviceViews(dataset, sampler, device)
     workers = args.num_workers
+    if args.gpu_aug:
+        return device_loader(dataset, sampler, device, workers, args.persistent_workers)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == 'cuda',
                       persistent_workers=args.persistent_workers and workers > 0,
                       worker_init_fn=ignore_in_worker if workers else None, generator=torch.Generator())
@@ -346,7 +343,7 @@ def start_epoch_loader(loader, seed, epoch, start_step=0):
     seen by persistent workers through shared memory) and its workers' seeds."""
     loader.batch_sampler.set_epoch(epoch, start_step)
     loader.dataset.set_epoch(epoch)
-    if isinstance(loader, DataLoader):
+    if getattr(loader, 'generator', None) is not None:  # a DataLoader, or --gpu_aug's image-list loader
         loader.generator.manual_seed(keyed_seed(seed, epoch, WORKER_SEED_STREAM))
 
 

@@ -31,21 +31,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data.image_list import ImageList, load_rgb  # noqa: E402
 from data.image_list_datasets import MemoBoostedImageList, TwoViewImageList  # noqa: E402
 from data.randaug import NUM_OPS, apply_rand_augment  # noqa: E402
-
-
-def imagenet_sizes(n, rng):
-    """(width, height) pairs like ImageNet's: log-normal around 400 x 350, a few past 2,000 px."""
-    width = np.clip(rng.lognormal(np.log(420), 0.35, n), 64, 4000)
-    aspect = np.clip(rng.lognormal(np.log(0.85), 0.2, n), 0.3, 3)
-    big = rng.random(n) < 0.01
-    width[big] *= 5
-    return [(int(w), int(max(64, w * a))) for w, a in zip(width, aspect)]
+from data.synthetic import imagenet_size  # noqa: E402
 
 
 def write_jpegs(folder, n, seed=0):
-    rng = np.random.default_rng(seed)
+    """n JPEGs of ImageNet's size distribution (data.synthetic.imagenet_size) in 10 class folders: their ImageList."""
+    rng = np.random.RandomState(seed)
     paths = []
-    for i, (w, h) in enumerate(imagenet_sizes(n, rng)):
+    for i in range(n):
+        h, w = imagenet_size(rng)
         y, x = np.mgrid[0:h, 0:w]
         pixels = (np.stack([x * 255 // w, y * 255 // h, (x + y) % 256], -1) + rng.normal(0, 25, (h, w, 3)))
         rel = f'train/n{i % 10:08d}/{i}.JPEG'

@@ -1,14 +1,15 @@
-"""Design 1.2's base augmentation as batched tensor ops on any device, pixel-exact with the PIL
-path (issue 12, design 8).
+"""The base augmentation (design 1.2, 9.3) as batched tensor ops on any device, pixel-exact with the
+PIL path (issues 12, 24; design 8).
 
-Given the parameters of data/view_params.py, `base_pixels` gives, for a whole batch at once, the
-same uint8 pixels as data/augmentations.augment_view (torchvision's functional ops on PIL),
-because every op repeats Pillow's arithmetic:
+Given the parameters of data/view_params.py, `resized_crops` then `colour_pixels` give, for a whole
+batch at once, the same uint8 pixels as data/augmentations.augment_view (torchvision's functional ops
+on PIL), because every op repeats Pillow's arithmetic:
 
-- crop + bicubic resize to 32x32: Pillow's two-pass resampling (a = -0.5, coefficients
-  normalised in double, stored in 22-bit fixed point, horizontal pass first, each pass rounded
-  and clipped to uint8), as one integer resampling matrix per sample and axis; the products and
-  sums are integers below 2^53, so a float64 matmul computes them exactly on every device;
+- crop + bicubic resize to the view's size (32 or 224): Pillow's two-pass resampling (a = -0.5, a
+  downscale's filter widened by the scale, coefficients normalised in double, stored in 22-bit fixed
+  point, each pass rounded and clipped to uint8; horizontal pass first, except where Pillow 13 goes
+  vertically first), as one integer resampling matrix per view and axis; the products and sums are
+  integers below 2^53, so a float64 matmul computes them exactly on every device;
 - flip; grayscale and the L channel: (19595 R + 38470 G + 7471 B + 0x8000) >> 16;
 - brightness, contrast, saturation: Image.blend in float32, truncated (contrast blends with
   the grey int(mean(L) + 0.5), saturation with L);
@@ -23,13 +24,18 @@ No step sends host data to the device or reads a device value (no host sync per 
 constants are Python numbers or made on the device. tests/test_batched_augment.py checks
 every op against PIL.
 """
+import math
+
+import numpy as np
 import torch
+from PIL import Image
 
 from data.view_params import ViewParams
 
 PRECISION_BITS = 22  # Pillow's Resample.c: 32 - 8 - 2
 VIEW_SIZE = 32
 TAPS = 5  # Pillow's ksize for an upscale: ceil(support 2) * 2 + 1
+BICUBIC_SUPPORT = 2.0
 
 
 def divide(x, divisor):
@@ -45,26 +51,60 @@ def _bicubic(x):
     return torch.where(x < 1, inner, torch.where(x < 2, outer, torch.zeros_like(x)))
 
 
-def resample_matrix(start, size, full):
-    """float64 [B, 32, full]: row o holds Pillow's fixed-point bicubic coefficients of output
-    pixel o over input pixels start .. start + size - 1 (precompute_coeffs and
-    normalize_coeffs_8bpc for an upscale of `size` <= 32 pixels to 32), zero elsewhere."""
+def resample_taps(largest, out_size=VIEW_SIZE):
+    """Pillow's ksize (precompute_coeffs) for a box side of `largest` pixels resized to `out_size`: enough
+    taps for every box up to that side. An upscale has 5; a downscale widens the filter by largest / out_size
+    (ImageNet crops of a 4,000-px photo to 224: 75). A host int, so the device never reports it."""
+    filterscale = max(largest / out_size, 1.0)
+    return int(math.ceil(BICUBIC_SUPPORT * filterscale)) * 2 + 1
+
+
+def resample_matrix(start, size, full, out_size=VIEW_SIZE, taps=TAPS):
+    """float64 [B, out_size, full]: row o holds Pillow's fixed-point bicubic coefficients of output
+    pixel o over input pixels start .. start + size - 1 (precompute_coeffs and normalize_coeffs_8bpc
+    for `size` pixels to `out_size`: a downscale's filter is widened by size / out_size), zero elsewhere.
+    `taps` is at least resample_taps of the largest size."""
     size = size.double()[:, None]
-    center = (torch.arange(VIEW_SIZE, dtype=torch.float64, device=size.device) + 0.5)[None] * (size / VIEW_SIZE)
-    xmin = torch.trunc(center - 2.0 + 0.5).clamp(min=0)  # C's (int) truncates toward zero
-    xmax = torch.minimum(torch.trunc(center + 2.0 + 0.5), size) - xmin
-    taps = torch.arange(TAPS, dtype=torch.float64, device=size.device)
-    x = xmin[..., None] + taps  # [B, 32, TAPS] input pixel of each tap
-    weight = torch.where(taps < xmax[..., None], _bicubic((x - center[..., None]) + 0.5), 0.0)
+    scale = divide(size, float(out_size))  # (in1 - in0) / outSize
+    filterscale = scale.clamp(min=1.0)
+    support = BICUBIC_SUPPORT * filterscale
+    inverse = torch.ones_like(filterscale) / filterscale  # 1.0 / filterscale, tensor / tensor: IEEE
+    center = (torch.arange(out_size, dtype=torch.float64, device=size.device) + 0.5)[None] * scale
+    xmin = torch.trunc((center - support) + 0.5).clamp(min=0)  # C's (int) truncates toward zero
+    xmax = torch.minimum(torch.trunc((center + support) + 0.5), size) - xmin
+    tap = torch.arange(taps, dtype=torch.float64, device=size.device)
+    x = xmin[..., None] + tap  # [B, out_size, taps] input pixel of each tap
+    weight = torch.where(tap < xmax[..., None], _bicubic(((x - center[..., None]) + 0.5) * inverse[..., None]), 0.0)
     total = torch.zeros_like(center)
-    for tap in range(TAPS):  # C sums the taps in order; the invalid ones add 0.0 exactly
-        total = total + weight[..., tap]
-    weight = weight / total[..., None]
+    for k in range(taps):  # C sums the taps in order; the invalid ones add 0.0 exactly
+        total = total + weight[..., k]
+    weight = torch.where(total[..., None] != 0, weight / total[..., None], weight)
     scaled = weight * 2.0 ** PRECISION_BITS
     fixed = torch.where(weight < 0, torch.trunc(-0.5 + scaled), torch.trunc(0.5 + scaled))
     column = (start.double()[:, None, None] + x).clamp(max=full - 1).long()  # invalid taps hold 0
-    return torch.zeros(len(start), VIEW_SIZE, full, dtype=torch.float64,
+    return torch.zeros(len(start), out_size, full, dtype=torch.float64,
                        device=size.device).scatter_add_(2, column, fixed)
+
+
+def _pillow_resizes_vertically_first():
+    """Whether the installed Pillow runs the vertical pass first when a box's height shrinks much more than
+    its width (Pillow 13's ImagingResampleInner; earlier versions always resample horizontally first, and the
+    two orders round differently). Asked of Pillow itself, once: a 8 x 40 image resized to 6 x 10 in one call
+    against the horizontal pass and then the vertical one as two calls."""
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (40, 8, 3), dtype=np.uint8))
+    one_call = image.resize((6, 10), Image.BICUBIC)
+    horizontal_first = image.resize((6, 40), Image.BICUBIC).resize((6, 10), Image.BICUBIC)
+    return one_call.tobytes() != horizontal_first.tobytes()
+
+
+PILLOW_VERTICAL_FIRST = _pillow_resizes_vertically_first()
+
+
+def vertical_first(box_height, box_width, out_height, out_width):
+    """Whether Pillow resizes a box (ints, or NumPy arrays of them) vertically first: with Pillow 13, when the
+    height shrinks, by more than twice as many pixels as the width (measured against Pillow on 150 random
+    box and output sizes, tests/test_batched_augment.py); never before. An upscale (CIFAR) is never."""
+    return PILLOW_VERTICAL_FIRST & (box_height > out_height) & (box_height - out_height > 2 * (box_width - out_width))
 
 
 def _clip8(total):
@@ -72,14 +112,28 @@ def _clip8(total):
     return torch.floor((total + 2.0 ** (PRECISION_BITS - 1)) / 2.0 ** PRECISION_BITS).clamp(0, 255)
 
 
-def resized_crop(images, boxes):
-    """uint8 [B, C, H, W] -> float64 pixel values [B, C, 32, 32]: the (top, left, height, width)
-    box of each image resized to 32x32 as PIL's crop + resize(BICUBIC)."""
-    top, left, height, width = boxes.unbind(1)
-    horizontal = resample_matrix(left, width, images.shape[3])  # [B, 32, W]
-    vertical = resample_matrix(top, height, images.shape[2])  # [B, 32, H]
-    rows = _clip8(images.double() @ horizontal.transpose(1, 2)[:, None])  # [B, C, H, 32]
-    return _clip8(vertical[:, None] @ rows)
+def resized_crops(images, boxes, out_size=VIEW_SIZE, taps=TAPS, vertical_first=False):
+    """uint8 [B, C, H, W] and int64 boxes [B, V, 4] (top, left, height, width; V views of each image) ->
+    float64 pixel values [B * V, C, out_size, out_size], the views of each image in turn: each box resized as
+    PIL's crop + resize(BICUBIC). The horizontal pass reads each image once for all its views (one matmul
+    against the views' matrices side by side), then each view's vertical pass; the products and sums are
+    integers below 2^53, so the float64 matmuls are exact on every device. `vertical_first`: Pillow's other
+    order (see vertical_first()), for every box: the transposed images resampled, the result transposed back.
+    Memory: 8 bytes x C x H x W per image, plus V x C x H x out_size x 8 for the rows between the passes."""
+    if vertical_first:
+        top, left, box_height, box_width = boxes.unbind(-1)
+        transposed = resized_crops(images.transpose(2, 3), torch.stack([left, top, box_width, box_height], -1),
+                                   out_size, taps)
+        return transposed.transpose(2, 3).contiguous()
+    batch, channels, height, width = images.shape
+    views = boxes.shape[1]
+    top, left, box_height, box_width = boxes.reshape(-1, 4).unbind(1)
+    horizontal = resample_matrix(left, box_width, width, out_size, taps).view(batch, views * out_size, width)
+    vertical = resample_matrix(top, box_height, height, out_size, taps)  # [B * V, S, H]
+    rows = _clip8(images.double().reshape(batch, channels * height, width) @ horizontal.transpose(1, 2))
+    rows = rows.view(batch, channels, height, views, out_size).permute(0, 3, 2, 1, 4)
+    pixels = _clip8(vertical @ rows.reshape(batch * views, height, channels * out_size))  # [B * V, S, C * S]
+    return pixels.view(-1, out_size, channels, out_size).permute(0, 2, 1, 3).contiguous()
 
 
 def luminance(pixels):
@@ -164,11 +218,9 @@ def hue(pixels, factor):
 JITTER_OPS = (brightness, contrast, saturation, hue)  # ColorJitter's fn_idx order
 
 
-def base_pixels(images, params: ViewParams):
-    """Design 1.2's base augmentation of both views of each image (uint8 [B, 3, H, W]) from their
-    parameters: float64 pixel values [2B, 3, 32, 32], the views of each image in turn, equal to
-    the PIL path's augment_view without RandAugment ops."""
-    pixels = resized_crop(images.repeat_interleave(2, 0), params.crop.reshape(-1, 4))
+def colour_pixels(pixels, params: ViewParams):
+    """The base augmentation after the crop (flip, ColorJitter in each view's order, grayscale) of the
+    resized views [2B, 3, S, S] (float64 pixel values, (sample, view) order)."""
     flip = params.flip.reshape(-1)[:, None, None, None]
     pixels = torch.where(flip, pixels.flip(3), pixels)
     jitter = params.jitter.reshape(-1)[:, None, None, None]
@@ -182,5 +234,5 @@ def base_pixels(images, params: ViewParams):
 
 
 def to_views(pixels):
-    """[2B, 3, 32, 32] pixel values -> float32 [B, 2, 3, 32, 32] in [0, 1], as ToTensor."""
-    return divide(pixels.float(), 255.0).reshape(-1, 2, 3, VIEW_SIZE, VIEW_SIZE)
+    """[2B, 3, S, S] pixel values -> float32 [B, 2, 3, S, S] in [0, 1], as ToTensor."""
+    return divide(pixels.float(), 255.0).reshape(-1, 2, *pixels.shape[1:])

@@ -94,9 +94,18 @@ def write_synthetic_cifar(root, dataset='cifar100', train_per_class=20, test_per
 IMAGE_LIST_DATASETS = ('imagenet100_lt', 'imagenet_lt', 'imagenet_lt_exp', 'places_lt')
 
 
+def imagenet_size(rng):
+    """A (height, width) like ImageNet's (a RandomState's draw): log-normal around 350 x 420, one in a hundred
+    five times wider (past 2,000 px)."""
+    width = min(max(rng.lognormal(np.log(420), 0.35), 64), 4000) * (5 if rng.random_sample() < 0.01 else 1)
+    aspect = min(max(rng.lognormal(np.log(0.85), 0.2), 0.3), 3)
+    return int(max(64, width * aspect)), int(width)
+
+
 def _jpeg(path, label, rng, sizes):
-    """A real JPEG of class `label` (its colour and stripes, plus noise) of a random size in `sizes`."""
-    height, width = rng.randint(sizes[0], sizes[1] + 1, size=2)
+    """A real JPEG of class `label` (its colour and stripes, plus noise) of a random size in `sizes`
+    ((low, high) for each side, or 'imagenet': imagenet_size's distribution)."""
+    height, width = imagenet_size(rng) if sizes == 'imagenet' else rng.randint(sizes[0], sizes[1] + 1, size=2)
     class_rng = np.random.RandomState(1000 + label)
     colour = class_rng.randint(40, 216, size=3)
     yy, xx = np.mgrid[0:height, 0:width] / float(max(height, width))

@@ -74,6 +74,12 @@ class ViewParams:
     blur: torch.Tensor  # bool: Pillow's GaussianBlur applied (design 9.3; never for CIFAR)
     blur_sigma: torch.Tensor  # float64: its radius (0 where the recipe has no blur)
 
+    def to(self, device, non_blocking=False):
+        return ViewParams(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+
+    def pin_memory(self):
+        return ViewParams(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+
     def per_view(self):
         """[[view 0, view 1] for each sample], each view a dict of Python values (the PIL path)."""
         columns = {f.name: getattr(self, f.name).tolist() for f in fields(self)}

@@ -19,7 +19,7 @@ from data.augmentations import augment_view
 from data.device_views import DeviceViews, make_views
 from data.memoboosted_cifar100 import MemoBoostedCIFAR
 from data.sampler import EpochBatchSampler
-from data.view_params import draw_views
+from data.view_params import IMAGENET, draw_views
 from utils import keyed_seed
 
 NUM_IMAGES = 400
@@ -63,12 +63,78 @@ def test_resized_crop_is_pils_bicubic_resize():
     images = sample_images()
     boxes = params(NUM_IMAGES).crop[:, 0].clone()
     boxes[0], boxes[1], boxes[2] = torch.tensor([0, 0, 32, 32]), torch.tensor([3, 5, 1, 1]), torch.tensor([31, 0, 1, 32])
-    out = as_pixels(B.resized_crop(as_batch(images), boxes))
+    out = as_pixels(B.resized_crops(as_batch(images), boxes[:, None]))
     for image, box, got in zip(images, boxes.tolist(), out):
         top, left, height, width = box
         expected = F.resized_crop(Image.fromarray(image), top, left, height, width, [32, 32],
                                   InterpolationMode.BICUBIC, antialias=True)
         assert np.array_equal(got, np.asarray(expected)), box
+
+
+def real_size_image(height, width, seed):
+    """uint8 [H, W, 3]: noise on a colour gradient with a hard-edged block (a photo's edges and textures)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([255 * x / max(width - 1, 1), 255 * y / max(height - 1, 1), 128 + 0 * x], -1)
+    base[height // 3:height // 2, width // 4:width // 2] = rng.integers(0, 256, 3)
+    return np.clip(base + rng.integers(-40, 41, (height, width, 3)), 0, 255).astype(np.uint8)
+
+
+# (height, width): ImageNet-like sizes, a panorama, a tall strip, a photo over 2,000 px, smaller than the view
+REAL_SIZES = [(375, 500), (333, 500), (500, 375), (224, 224), (1200, 1600), (180, 900), (900, 120),
+              (2200, 1700), (60, 80), (224, 300)]
+
+
+def test_resized_crops_downscale_like_pil_at_224():
+    """ImageNet's crops (design 9.3's draws over each image's own size, both views, plus the whole image, a
+    1-pixel box and the largest side) resized to 224 as PIL's crop + resize(BICUBIC), pixel for pixel:
+    downscales widen Pillow's filter (up to 41 taps here), upscales keep 5; Pillow 13 resamples some boxes
+    vertically first."""
+    orders = set()
+    for seed, (height, width) in enumerate(REAL_SIZES):
+        image = real_size_image(height, width, seed)
+        boxes = draw_views(keyed_seed(seed, 1, 2), torch.arange(3), torch.tensor([[height, width]] * 3),
+                           recipe=IMAGENET).crop.reshape(1, 6, 4)
+        boxes[0, 0], boxes[0, 1] = torch.tensor([0, 0, height, width]), torch.tensor([height // 2, width // 3, 1, 1])
+        taps = B.resample_taps(max(height, width), 224)
+        for box in boxes[0].tolist():
+            top, left, box_height, box_width = box
+            orders.add(bool(B.vertical_first(box_height, box_width, 224, 224)))
+            got, = as_pixels(B.resized_crops(as_batch(image[None]), torch.tensor([[box]]), 224, taps,
+                                             B.vertical_first(box_height, box_width, 224, 224)))
+            expected = F.resized_crop(Image.fromarray(image), top, left, box_height, box_width, [224, 224],
+                                      InterpolationMode.BICUBIC, antialias=True)
+            assert np.array_equal(got, np.asarray(expected)), ((height, width), box)
+    assert (B.resample_taps(32, 32), B.resample_taps(224, 224), B.resample_taps(2200, 224)) == (5, 5, 41)
+    assert orders == {False, B.PILLOW_VERTICAL_FIRST}  # both orders seen where Pillow has both
+
+
+def test_vertical_first_is_pillows_order():
+    """The rule of vertical_first() against the installed Pillow itself, on 60 random box and output sizes
+    (up- and downscales, non-square outputs): Pillow's one-call resize equals the two passes as two calls in
+    the order the rule names."""
+    rng = np.random.RandomState(4)
+    image = Image.fromarray(rng.randint(0, 256, (700, 700, 3), dtype=np.uint8))
+    orders = []
+    for _ in range(60):
+        box_width, box_height, out_width, out_height = (int(v) for v in rng.randint(8, 700, 4) // [1, 1, 3, 3] + 1)
+        box = image.crop((0, 0, box_width, box_height))
+        one_call = np.asarray(box.resize((out_width, out_height), Image.BICUBIC))
+        orders.append(bool(B.vertical_first(box_height, box_width, out_height, out_width)))
+        if orders[-1]:
+            passes = box.resize((box_width, out_height), Image.BICUBIC).resize((out_width, out_height), Image.BICUBIC)
+        else:
+            passes = box.resize((out_width, box_height), Image.BICUBIC).resize((out_width, out_height), Image.BICUBIC)
+        assert np.array_equal(one_call, np.asarray(passes)), (box_width, box_height, out_width, out_height)
+    assert sum(orders) >= 10 if B.PILLOW_VERTICAL_FIRST else not any(orders)
+
+
+def test_more_taps_than_needed_change_nothing():
+    """A chunk's taps come from its largest box: a smaller box with extra (zero) taps gives the same matrix."""
+    start, size = torch.tensor([3, 0, 17]), torch.tensor([40, 224, 300])
+    exact = [B.resample_matrix(start[i:i + 1], size[i:i + 1], 400, 224, B.resample_taps(int(size[i]), 224))
+             for i in range(3)]
+    assert torch.equal(torch.cat(exact), B.resample_matrix(start, size, 400, 224, 31))
 
 
 @pytest.mark.parametrize('name, pil_op, low, high', [

@@ -102,13 +102,31 @@ def test_image_list_views_are_keyed_and_decoded_at_their_own_size(synthetic_fami
     assert not torch.equal(boosted.__getitems__([2])[0][0], first[1][0])  # RandAugment with p = w = 1
 
 
-@pytest.mark.parametrize('synthetic_family', ['imagenet_lt'], indirect=True)
-def test_gpu_aug_is_refused_on_image_lists(synthetic_family, tmp_path, capsys):
+@pytest.mark.parametrize('synthetic_family', sorted(CASES), indirect=True)
+def test_gpu_aug_trains_the_loader_paths_run(synthetic_family, tmp_path, monkeypatch):
+    """--gpu_aug (the views made on the device from loader workers' decoded JPEGs, issue 24) against the PIL
+    loader path: two epochs of each dataset's method (batch 4, 3 steps each; BCL's second epoch draws
+    RandAugment at the weights of the first) end with bit-identical weights, BatchNorm statistics, momentum
+    losses and BCL weights. The views are 64 px here
+    (tests/small_image_views.py: ResNet-50 at 224 costs seconds a step); tests/test_image_list_device_views.py
+    checks the 224-px views pixel for pixel."""
+    from small_image_views import small_recipe
+    monkeypatch.setattr(TwoViewImageList, 'recipe', small_recipe())
     dataset, written = synthetic_family
-    with pytest.raises(SystemExit):
-        train.main(['run', '--dataset', dataset, '--data_folder', written['data_root'], '--gpu_aug',
-                    '--trainSplit', written['lists']['TRAIN'], '--save_dir', str(tmp_path)])
-    assert '--gpu_aug makes 32 px CIFAR views' in capsys.readouterr().err
+    method, script, extra = CASES[dataset]
+    states = []
+    for name, flags in (('pil', ['--num_workers', '0']), ('gpu_aug', ['--gpu_aug', '--num_workers', '2'])):
+        script.main([name, '--dataset', dataset, '--data_folder', written['data_root'], '--trainSplit',
+                     written['lists']['TRAIN'], '--epochs', '2', '--batch_size', '4', '--gpus', 'cpu', '--eval_freq', '0',
+                     '--save_freq', '0', '--save_dir', str(tmp_path)] + extra + flags)
+        states.append(torch.load(tmp_path / name / 'model.pt', weights_only=True))
+    pil, gpu_aug = states
+    assert (pil['method'], gpu_aug['args']['gpu_aug']) == (method, True)
+    for key, value in pil['state_dict'].items():
+        assert torch.equal(value, gpu_aug['state_dict'][key]), key
+    assert torch.equal(pil['momentum_loss'], gpu_aug['momentum_loss'])
+    if '--bcl' in extra:
+        assert pil['momentum_weight'].std() > 0 and torch.equal(pil['momentum_weight'], gpu_aug['momentum_weight'])
 
 
 def test_full_shot_is_refused_where_a_benchmark_has_no_full_shot_list():

@@ -219,8 +219,8 @@ def test_gpu_aug_trains_the_same_run(method, small_args, tmp_path, device, monke
     import data.device_views
     made_on = []
     batched = data.device_views.make_views
-    monkeypatch.setattr(data.device_views, 'make_views', lambda images, params: made_on.append(images.device)
-                        or batched(images, params))
+    monkeypatch.setattr(data.device_views, 'make_views', lambda images, *rest: made_on.append(images.device)
+                        or batched(images, *rest))
     main, command = PUBLISHED[method]
     base = command.split() + small_args(tmp_path, epochs=3) + ['--gpus', gpus_flag(device), '--save_freq', '0']
     runs = {}
