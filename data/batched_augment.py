@@ -16,10 +16,14 @@ on PIL), because every op repeats Pillow's arithmetic:
 - hue: Pillow's 8-bit RGB -> HSV -> RGB with its float / double mix, the hue byte shifted as
   torchvision does (wrapping uint8 add of int(hue * 255)).
 
-Only IEEE-exact ops (+, -, *, / of float32 or float64 as C evaluates them, floor, trunc,
-comparisons) are used, so CPU and CUDA give the same bits: a division by a number that is not a
-power of two goes through `divide`, because PyTorch's CUDA kernel multiplies by the reciprocal of
-a Python-number divisor (and `number / tensor` is a reciprocal times the number everywhere).
+`gaussian_blur` gives design 9.3's img.filter(ImageFilter.GaussianBlur(radius=sigma)) the same
+way: Pillow's box radius from sigma in C's floats, then its six fixed-point box passes.
+
+Only IEEE-exact ops (+, -, *, / and sqrt of float32 or float64 as C evaluates them, floor, trunc,
+comparisons, integer ops) are used, so CPU and CUDA give the same bits: a division by a number
+that is not a power of two goes through `divide`, because PyTorch's CUDA kernel multiplies by the
+reciprocal of a Python-number divisor (and `number / tensor` is a reciprocal times the number
+everywhere).
 No step sends host data to the device or reads a device value (no host sync per batch):
 constants are Python numbers or made on the device. tests/test_batched_augment.py checks
 every op against PIL.
@@ -236,3 +240,119 @@ def colour_pixels(pixels, params: ViewParams):
 def to_views(pixels):
     """[2B, 3, S, S] pixel values -> float32 [B, 2, 3, S, S] in [0, 1], as ToTensor."""
     return divide(pixels.float(), 255.0).reshape(-1, 2, *pixels.shape[1:])
+
+
+# ----------------------------------------------------------------------------- Pillow's GaussianBlur
+BLUR_PASSES = 3  # ImageFilter.GaussianBlur -> _imaging.c's _gaussian_blur: passes defaults to 3
+BLUR_SHIFT = 24  # ImagingHorizontalBoxBlur's fixed point: weights sum to 1 << 24
+
+
+def float_box_radius(sigma):
+    """Pillow's _gaussian_blur_radius (BoxBlur.c) of GaussianBlur(radius=sigma), float64 [N] ->
+    float32 [N]: the extended box radius l + a of Gwosdek et al. for 3 passes. The Python float
+    is parsed as a C float (_imaging.c: "(ff)"); C's float variables are float32 tensors, its
+    double step (sqrt(12.0 * sigma2 + 1.0), floor((L - 1.0) / 2.0)) float64 ones, each result
+    stored back in a float. In double throughout, 45% of the sigmas in [0.1, 2] would get another
+    ww (and some, e.g. sigma 1, other pixels)."""
+    f32, f64 = torch.float32, torch.float64
+    radius = sigma.to(f32)
+    sigma2 = divide(radius * radius, float(BLUR_PASSES))  # float / int: a float division
+    big_l = torch.sqrt(12.0 * sigma2.to(f64) + 1.0).to(f32)  # IEEE sqrt: correctly rounded everywhere
+    l = torch.floor((big_l.to(f64) - 1.0) / 2.0).to(f32)
+    a = (2 * l + 1) * (l * (l + 1) - 3 * sigma2)
+    a = a / (6 * (sigma2 - (l + 1) * (l + 1)))
+    return l + a
+
+
+def blur_box_radius(sigma):
+    """ImagingHorizontalBoxBlur's integer parameters of GaussianBlur(radius=sigma), int64 [N]
+    each: radius = (int)floatRadius; ww = (UINT32)(1 << 24) / (floatRadius * 2 + 1), a float
+    division truncated; fw = ((1 << 24) - (radius * 2 + 1) * ww) / 2, the weight of the two
+    pixels just outside the box (its fractional part). floatRadius >= 0, so ww <= 1 << 24 and
+    (2 radius + 1) ww <= 1 << 24: the UINT32 arithmetic never wraps."""
+    float_radius = float_box_radius(sigma)
+    radius = float_radius.long()  # C's (int) truncates
+    scale = torch.full((), float(1 << BLUR_SHIFT), dtype=torch.float32, device=sigma.device)
+    ww = (scale / (float_radius * 2 + 1)).long()  # a number / tensor would be a reciprocal
+    fw = ((1 << BLUR_SHIFT) - (2 * radius + 1) * ww) >> 1
+    return radius, ww, fw
+
+
+def box_reach(max_sigma):
+    """The largest box radius of any sigma <= max_sigma, from the host number alone (a CPU
+    tensor: no device value is read): the radius of max_sigma, or one more where its float
+    radius lies within 1e-3 below an integer (l + a grows with sigma; C's float rounding moves
+    it by far less than 1e-3 for any radius below thousands)."""
+    float_radius = float_box_radius(torch.tensor([float(max_sigma)], dtype=torch.float64)).item()
+    return int(float_radius + 1e-3)
+
+
+def clamped(line, dim, reach):
+    """line with `reach` copies of its first and last pixel added on each side along dim (C's
+    edge handling reads lineIn[0] and lineIn[lastx] for positions outside the line), contiguous."""
+    shape = list(line.shape)
+    shape[dim] = reach
+    first, last = line.narrow(dim, 0, 1), line.narrow(dim, line.shape[dim] - 1, 1)
+    return torch.cat([first.expand(shape), line, last.expand(shape)], dim).contiguous()
+
+
+def _reclamp(padded, dim, reach):
+    """clamped's edges again, in place, after the line in the middle of padded has changed."""
+    size = padded.shape[dim] - 2 * reach
+    padded.narrow(dim, 0, reach).copy_(padded.narrow(dim, reach, 1))  # copy_ broadcasts
+    padded.narrow(dim, reach + size, reach).copy_(padded.narrow(dim, reach + size - 1, 1))
+
+
+def box_weights(radius, ww, fw, reach):
+    """box_pass's weights for distances 0 .. reach, each [N, 1], from blur_box_radius's [N]
+    tensors: ww up to radius, fw at radius + 1, 0 beyond (reach > any radius: the taps past a
+    box add 0)."""
+    radius, ww, fw = radius[:, None], ww[:, None], fw[:, None]
+    zero = torch.zeros_like(ww)
+    return [ww] + [torch.where(k <= radius, ww, torch.where(k == radius + 1, fw, zero))
+                   for k in range(1, reach + 1)]
+
+
+def box_pass(source, target, weights, dim):
+    """One ImagingHorizontalBoxBlur pass along dim of int64 pixels [N, C, H, W] held as `clamped`
+    gives them (reach = len(weights) - 1), from source into target (same shape, contiguous; a
+    buffer reused pass after pass, as fresh CPU memory costs more than the arithmetic): pixel x
+    is (ww * (sum of the 2 radius + 1 pixels around x) + fw * (pixel x - radius - 1 + pixel
+    x + radius + 1) + (1 << 23)) >> 24, pixel indices clamped to the line. This closed form is
+    the C's running accumulator (acc starts as the clamped window of pixel -1 and each MOVE_ACC
+    slides it by one, in whichever of the edgeA/edgeB branches, radius larger than the line
+    included; a test checks it against a transcription of ImagingLineBoxBlur32). The sum is at
+    most 255 << 24: no UINT32 wrap-around, and the (UINT8) cast clips nothing.
+    Each image is one flat line (contiguous runs, whatever the width): a shift by k pixels along
+    dim is a shift by k strides; the padding of rows gets sums across rows, replaced by the edges."""
+    reach, step = len(weights) - 1, source.stride(dim)
+    flat_in, flat_out = source.flatten(1), target.flatten(1)  # views: both contiguous
+    span = flat_in.shape[1] - 2 * reach * step
+    out = flat_out.narrow(1, reach * step, span)
+    half = torch.full((), 1 << (BLUR_SHIFT - 1), dtype=out.dtype, device=out.device)  # SAVE's rounding
+    torch.addcmul(half, flat_in.narrow(1, reach * step, span), weights[0], out=out)
+    for k in range(1, reach + 1):
+        out.addcmul_(flat_in.narrow(1, (reach - k) * step, span), weights[k])
+        out.addcmul_(flat_in.narrow(1, (reach + k) * step, span), weights[k])
+    out.bitwise_right_shift_(BLUR_SHIFT)
+    _reclamp(target, dim, reach)
+    return target
+
+
+def gaussian_blur(pixels, sigma, max_sigma):
+    """Pillow's img.filter(ImageFilter.GaussianBlur(radius=sigma)) of float64 pixel values
+    [N, 3, H, W], one sigma per image (float64 [N], 0 <= sigma <= max_sigma; max_sigma, a host
+    number, sizes the taps): ImagingBoxBlur's three horizontal passes, each rounded to uint8,
+    then (ImagingTranspose, three passes, transpose back) three vertical ones. RGB is stored as
+    4-byte pixels (ImagingLineBoxBlur32): the same arithmetic on each channel. Sigma 0 (Pillow:
+    a copy) gives ww = 1 << 24, fw = 0: the identity."""
+    reach = box_reach(max_sigma) + 1  # fw: one pixel past the box
+    weights = box_weights(*blur_box_radius(sigma), reach)
+    out = pixels.long()
+    for dim in (3, 2):  # rows first, then the transposed image's rows: the columns
+        source = clamped(out, dim, reach)
+        target = torch.empty_like(source)
+        for _ in range(BLUR_PASSES):  # ping-pong between two padded buffers
+            source, target = box_pass(source, target, weights, dim), source
+        out = source.narrow(dim, reach, out.shape[dim])
+    return out.to(pixels.dtype)

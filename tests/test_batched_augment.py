@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from torch.overrides import TorchFunctionMode
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
@@ -342,3 +342,232 @@ def test_device_views_read_and_send_nothing_per_step(synthetic_cifar):
     with HostTransfers() as mode:  # the check itself sees each kind
         torch.tensor([1.0], device='meta'), torch.ones(1).to('meta'), torch.ones(1, device='meta').new_tensor([2])
     assert mode.found == ['tensor', 'to', 'new_tensor']
+
+
+# ----------------------------------------------------------------------------- Pillow's GaussianBlur (design 9.3)
+def numpy_box_radius(sigma, dtype=np.float32):
+    """BoxBlur.c's _gaussian_blur_radius and ImagingHorizontalBoxBlur's (radius, ww, fw) of float64
+    sigmas, rewritten in numpy: C's float variables as `dtype` (np.float64: the same formula in
+    double throughout), its double steps in float64."""
+    f, f64 = dtype, np.float64
+    radius = np.asarray(sigma, dtype=f64).astype(f)
+    sigma2 = radius * radius / f(3)
+    big_l = np.sqrt(12.0 * sigma2.astype(f64) + 1.0).astype(f)
+    l = np.floor((big_l.astype(f64) - 1.0) / 2.0).astype(f)
+    a = (f(2) * l + f(1)) * (l * (l + f(1)) - f(3) * sigma2)
+    a = a / (f(6) * (sigma2 - (l + f(1)) * (l + f(1))))
+    float_radius = l + a
+    box = np.trunc(float_radius).astype(np.int64)
+    ww = np.trunc(f(1 << 24) / (float_radius * f(2) + f(1))).astype(np.int64)
+    return float_radius, box, ww, ((1 << 24) - (2 * box + 1) * ww) // 2
+
+
+def float32_steps(value, steps):
+    """The float32 numbers `steps` ulps either side of value (float32), as float64."""
+    centre = np.float32(value).view(np.int32)
+    return np.arange(centre - steps, centre + steps + 1, dtype=np.int32).view(np.float32).astype(np.float64)
+
+
+# sigma^2 = 2: 12 sigma^2 / 3 + 1 = 9, L = 3, where l (and the box radius) turns 0 -> 1; here C's
+# floats decide (float radius 0.9999996 or 1.0, radius 0 or 1)
+SQRT2_SIGMAS = float32_steps(math.sqrt(2), 4)
+# the recipe's limits, 1 (ww = 2^24 / 1.5 = 11184810.67 in double; the float division rounds it to
+# 11184811), sqrt 2 as a double and the float32s around it
+BLUR_EDGE_SIGMAS = [0.1, 2.0, 1.0, math.sqrt(2), *SQRT2_SIGMAS]
+
+
+def radius_sigmas():
+    """Random sigmas in the recipe's range and up to 25, the edges, and every float32 within 64 ulps
+    of each sqrt(l (l + 1)), l = 1..25, where L = 2 l + 1: l and the box radius step up there, at a
+    float32 that C's rounding decides."""
+    rng = np.random.default_rng(0)
+    crossings = [float32_steps(math.sqrt(l * (l + 1)), 64) for l in range(1, 26)]
+    return np.concatenate([rng.uniform(0.1, 2.0, 20_000), rng.uniform(0.0, 25.0, 5_000),
+                           [0.0, 5.0, 20.0, 1e-30, *BLUR_EDGE_SIGMAS], *crossings])
+
+
+def test_blur_box_radius_is_pillows_float_arithmetic(device):
+    """blur_box_radius == the numpy float32 rewrite of BoxBlur.c for 28,000 sigmas, on `device`;
+    the formula in double would give another box for 45% of U(0.1, 2) (so C's floats matter), and
+    C's UINT32 arithmetic never wraps: fw >= 0, 2^24 - 1 <= (2 radius + 1) ww + 2 fw <= 2^24. The
+    box radius never falls as sigma grows (so box_reach(max_sigma) bounds it)."""
+    sigmas = radius_sigmas()
+    got = [t.cpu().numpy() for t in B.blur_box_radius(torch.from_numpy(sigmas).to(device))]
+    float_radius, *expected = numpy_box_radius(sigmas)
+    assert np.array_equal(B.float_box_radius(torch.from_numpy(sigmas).to(device)).cpu().numpy(), float_radius)
+    for ours, theirs in zip(got, expected):
+        assert np.array_equal(ours, theirs)
+    box, ww, fw = expected
+    assert box.dtype == np.int64 and (fw >= 0).all()
+    total = (2 * box + 1) * ww + 2 * fw
+    assert ((total == 1 << 24) | (total == (1 << 24) - 1)).all()
+    in_recipe = slice(0, 20_000)
+    double = numpy_box_radius(sigmas[in_recipe], np.float64)[1:]
+    differs = np.mean(np.any([a[in_recipe] != b for a, b in zip(expected, double)], axis=0))
+    assert 0.4 < differs < 0.5
+    order = np.argsort(sigmas, kind='stable')
+    assert (np.diff(box[order]) >= 0).all()
+    for max_sigma in (2.0, 5.0, 20.0, *SQRT2_SIGMAS):
+        assert B.box_reach(max_sigma) >= box[sigmas <= max_sigma].max()
+    assert B.box_reach(2.0) == 1 and box[sigmas == 0.1][0] == 0
+
+
+def pil_gaussian_blur(image, sigma):
+    return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius=sigma)))
+
+
+def one_pass(lines, weights):
+    """box_pass along the rows of int64 pixels [N, C, H, W]."""
+    reach = len(weights) - 1
+    padded = B.clamped(lines, 3, reach)
+    return B.box_pass(padded, torch.empty_like(padded), weights, 3)[..., reach:reach + lines.shape[3]]
+
+
+def test_blur_box_radius_is_pillows():
+    """Against Pillow's own output, for the edge sigmas and 60 random ones: GaussianBlur(sigma) ==
+    Pillow's 3-pass box blur at our float radius, and one horizontal pass of Pillow's box blur at
+    that radius (ImagingHorizontalBoxBlur alone, one rounding) == box_pass with our (radius, ww,
+    fw), over 24 x 224 pixels of noise."""
+    rng = np.random.default_rng(1)
+    sigmas = np.concatenate([BLUR_EDGE_SIGMAS, rng.uniform(0.1, 2.0, 60), [5.0, 20.0]])
+    images = rng.integers(0, 256, (len(sigmas), 24, 224, 3), dtype=np.uint8)
+    float_radius = B.float_box_radius(torch.from_numpy(sigmas))
+    radius, ww, fw = B.blur_box_radius(torch.from_numpy(sigmas))
+    weights = B.box_weights(radius, ww, fw, int(radius.max()) + 1)
+    ours = as_pixels(one_pass(as_batch(images).long(), weights).double())
+    for image, sigma, fr, got in zip(images, sigmas.tolist(), float_radius.tolist(), ours):
+        img = Image.fromarray(image)
+        assert np.array_equal(pil_gaussian_blur(image, sigma), np.asarray(img._new(img.im.box_blur((fr, fr), 3))))
+        assert np.array_equal(got, np.asarray(img._new(img.im.box_blur((fr, 0.0), 1)))), sigma
+
+
+def c_line_box_blur(line, radius, ww, fw):
+    """BoxBlur.c's ImagingLineBoxBlur32 for one channel, transcribed: the running accumulator,
+    its edgeA / edgeB branches, UINT32 arithmetic (masked to 32 bits) and the (UINT8) cast."""
+    mask, lastx = 0xFFFFFFFF, len(line) - 1
+    edge_a, edge_b = min(radius + 1, len(line)), max(len(line) - radius - 1, 0)
+    acc = line[0] * (radius + 1) + sum(line[:max(edge_a - 1, 0)]) + line[lastx] * (radius - edge_a + 1)
+    out = [0] * len(line)
+
+    def step(x, subtract, add, left, right):
+        nonlocal acc
+        acc = (acc + line[add] - line[subtract]) & mask
+        bulk = (acc * ww + (line[left] + line[right]) * fw) & mask
+        out[x] = (((bulk + (1 << 23)) & mask) >> 24) & 0xFF
+
+    if edge_a <= edge_b:
+        for x in range(edge_a):
+            step(x, 0, x + radius, 0, x + radius + 1)
+        for x in range(edge_a, edge_b):
+            step(x, x - radius - 1, x + radius, x - radius - 1, x + radius + 1)
+        for x in range(edge_b, lastx + 1):
+            step(x, x - radius - 1, lastx, x - radius - 1, lastx)
+    else:
+        for x in range(edge_b):
+            step(x, 0, x + radius, 0, x + radius + 1)
+        for x in range(edge_b, edge_a):
+            step(x, 0, lastx, 0, lastx)
+        for x in range(edge_a, lastx + 1):
+            step(x, x - radius - 1, lastx, x - radius - 1, lastx)
+    return out
+
+
+def test_box_pass_is_the_c_accumulator():
+    """box_pass's clamped-window closed form == the transcribed C accumulator for every line width
+    1..12 and box radius 0..15 (radius + 1 > width: the edgeA > edgeB branch and its middle loop),
+    16 lines of noise or two levels each, ww and fw from float radii radius + U(0, 1), taps reaching
+    3 pixels past the largest box (their weights 0)."""
+    rng = np.random.default_rng(2)
+    radii = np.repeat(np.arange(16), 16)
+    float_radius = (radii + rng.uniform(0, 1, len(radii))).astype(np.float32)
+    ww = np.trunc(np.float32(1 << 24) / (float_radius * np.float32(2) + np.float32(1))).astype(np.int64)
+    fw = ((1 << 24) - (2 * radii + 1) * ww) // 2
+    weights = B.box_weights(torch.from_numpy(radii), torch.from_numpy(ww), torch.from_numpy(fw), 18)
+    for width in range(1, 13):
+        lines = rng.integers(0, 256, (len(radii), width))
+        lines[::2] = np.where(rng.uniform(size=(len(radii) // 2, width)) < 0.5, 0, 255)
+        ours = one_pass(torch.from_numpy(lines)[:, None, None], weights)[:, 0, 0].tolist()
+        for line, radius, w, f, got in zip(lines.tolist(), radii.tolist(), ww.tolist(), fw.tolist(), ours):
+            assert got == c_line_box_blur(line, radius, w, f), (width, radius)
+
+
+def blur_images(n, height, width, seed):
+    """uint8 [n, height, width, 3]: in turn uniform noise, smooth gradients, hard edges (0 / 255
+    blocks and stripes, a checkerboard, a lone bright pixel), noise around a random colour."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    images = []
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            image = rng.integers(0, 256, (height, width, 3))
+        elif kind == 1:
+            start, slope = rng.integers(0, 256, 3), rng.uniform(-3, 3, (2, 3))
+            image = start + slope[0] * xx[..., None] + slope[1] * yy[..., None]
+        elif kind == 2:
+            block = rng.integers(1, 9)
+            pattern = [(yy // block + xx // block) % 2, (xx // block) % 2, yy >= rng.integers(0, height),
+                       (yy == height // 2) & (xx == width // 2)][(i // 4) % 4]
+            image = np.where(pattern[..., None], 255, 0) * np.array([1, rng.integers(0, 2), 1])
+        else:
+            image = rng.integers(0, 256, 3) + rng.integers(-8, 9, (height, width, 3))
+        images.append(np.clip(image, 0, 255))
+    return np.stack(images).astype(np.uint8)
+
+
+# (height, width, number of images, max_sigma): the recipe's 224 x 224 views and sigma range, then
+# other shapes, tiny lines, and large sigmas whose box is wider than the image
+BLUR_CASES = [(224, 224, 16, 2.0), (64, 48, 96, 2.0), (37, 80, 24, 5.0), (1, 1, 8, 20.0), (2, 3, 8, 20.0),
+              (3, 2, 8, 20.0), (1, 9, 8, 5.0), (9, 1, 8, 5.0), (12, 30, 8, 20.0)]
+
+
+def blur_sigmas(n, max_sigma, seed):
+    """n sigmas: the edges, then U(0.1, max_sigma), then max_sigma and (if larger) 5 and 20."""
+    rng = np.random.default_rng(seed)
+    sigmas = rng.uniform(0.1, max_sigma, n)
+    head = [s for s in BLUR_EDGE_SIGMAS if s <= max_sigma][:n // 2]
+    sigmas[:len(head)] = head
+    tail = [s for s in (5.0, 20.0) if s < max_sigma] + [max_sigma]
+    sigmas[n - len(tail):] = tail
+    return sigmas
+
+
+@pytest.mark.parametrize('height, width, n, max_sigma', BLUR_CASES)
+def test_gaussian_blur_is_pils(device, height, width, n, max_sigma):
+    """gaussian_blur on `device` == Image.filter(ImageFilter.GaussianBlur(radius=sigma)), pixel for
+    pixel, for noise, gradients and hard edges at the sigma edges (0.1, 2, and the float32 sigmas
+    around sqrt 2 where the box radius turns 0 -> 1), random sigmas up to max_sigma, and 5 and 20."""
+    images = blur_images(n, height, width, seed=height * 1000 + width)
+    sigmas = blur_sigmas(n, max_sigma, seed=width)
+    out = B.gaussian_blur(as_batch(images, device).double(), torch.from_numpy(sigmas).to(device), max_sigma)
+    assert out.dtype == torch.float64 and out.device.type == device.type
+    for image, sigma, got in zip(images, sigmas.tolist(), as_pixels(out)):
+        assert np.array_equal(got, pil_gaussian_blur(image, sigma)), sigma
+
+
+def test_gaussian_blur_needs_cs_floats(monkeypatch):
+    """The pixel test has teeth: with the box parameters computed in double throughout, some of 16
+    images at the edge sigmas come out different from Pillow's (sigma 1's ww, for one)."""
+    images, sigmas = blur_images(16, 32, 32, seed=6), blur_sigmas(16, 2.0, seed=6)
+    monkeypatch.setattr(B, 'blur_box_radius', lambda s: tuple(
+        torch.from_numpy(t) for t in numpy_box_radius(s.numpy(), np.float64)[1:]))
+    out = as_pixels(B.gaussian_blur(as_batch(images).double(), torch.from_numpy(sigmas), 2.0))
+    differ = sum(not np.array_equal(got, pil_gaussian_blur(image, sigma))
+                 for image, sigma, got in zip(images, sigmas.tolist(), out))
+    assert differ > 0
+
+
+def test_gaussian_blur_divides_exactly_and_reads_nothing():
+    """CUDA's exactness and no host sync, checked on the CPU: gaussian_blur divides by no Python
+    number other than a power of two, and runs on the meta device (where reading a value fails)
+    without sending host data to it."""
+    pixels = as_batch(blur_images(4, 16, 16, seed=5)).double()
+    with InexactDivisions() as mode:
+        B.gaussian_blur(pixels, torch.tensor([0.1, 0.7, 1.5, 2.0], dtype=torch.float64), 2.0)
+    assert mode.found == []
+    meta = torch.device('meta')
+    with HostTransfers() as mode:
+        out = B.gaussian_blur(torch.empty(8, 3, 224, 224, dtype=torch.float64, device=meta),
+                              torch.empty(8, dtype=torch.float64, device=meta), 2.0)
+    assert out.shape == (8, 3, 224, 224) and out.device == meta and out.dtype == torch.float64
+    assert mode.found == []
