@@ -148,20 +148,30 @@ def luminance(pixels):
 
 def blend(degenerate, pixels, factor):
     """Image.blend(degenerate, image, factor): in1 + alpha * (in2 - in1) in float32 (alpha is a C
-    float), truncated and clipped to [0, 255]; one factor per image."""
+    float), truncated and clipped to [0, 255]; one factor per image. The same float32 ops, in
+    place on a copy of the pixels (views of 224 px are large)."""
     alpha = factor.float()[:, None, None, None]
     degenerate = degenerate.float()
-    return torch.trunc(degenerate + alpha * (pixels.float() - degenerate)).clamp(0, 255).double()
+    out = pixels.to(torch.float32, copy=True)
+    out -= degenerate
+    out *= alpha
+    out += degenerate
+    return out.trunc_().clamp_(0, 255).double()
 
 
 def brightness(pixels, factor):
     return blend(torch.zeros_like(pixels), pixels, factor)
 
 
-def mean_grey(pixels):
-    """ImageEnhance.Contrast's degenerate level: int(mean(L) + 0.5) per image, [B, 1, 1, 1]."""
-    grey = luminance(pixels)
-    return torch.floor(grey.sum((1, 2, 3), keepdim=True) / grey[0].numel() + 0.5)  # numel 1024: exact
+def mean_grey(pixels, grey=None):
+    """ImageEnhance.Contrast's degenerate level per image, [B, 1, 1, 1]: int(mean + 0.5), where
+    Pillow 13's ImageStat mean is the integer sum of L over the integer pixel count (Python's
+    int / int, correctly rounded). Both are integers below 2^53, exact in float64, so an IEEE
+    division gives the same double at any size (through `divide`: 50176 pixels at 224 px is no
+    power of two). `grey`: luminance(pixels) if already computed."""
+    grey = (luminance(pixels) if grey is None else grey).double()
+    mean = divide(grey.sum((1, 2, 3), keepdim=True), grey[0].numel())
+    return torch.floor(mean + 0.5).to(pixels.dtype)
 
 
 def contrast(pixels, factor):
