@@ -58,7 +58,7 @@ def _bicubic(x):
 def resample_taps(largest, out_size=VIEW_SIZE):
     """Pillow's ksize (precompute_coeffs) for a box side of `largest` pixels resized to `out_size`: enough
     taps for every box up to that side. An upscale has 5; a downscale widens the filter by largest / out_size
-    (ImageNet crops of a 4,000-px photo to 224: 75). A host int, so the device never reports it."""
+    (a 4,000-px side to 224: 73). A host int, so the device never reports it."""
     filterscale = max(largest / out_size, 1.0)
     return int(math.ceil(BICUBIC_SUPPORT * filterscale)) * 2 + 1
 
