@@ -130,7 +130,7 @@ from eval_cifar import PROBE_EPOCHS, extract_features, linear_probe  # noqa: E40
 from models import build_model  # noqa: E402
 from split.generate import generate_splits, write_splits  # noqa: E402
 from split.resolve import load_split, protocol_files  # noqa: E402
-from utils import compile_model, cosine_annealing, fail, rng_state, set_cudnn, set_seed  # noqa: E402
+from utils import InputError, compile_model, cosine_annealing, fail, rng_state, set_cudnn, set_seed  # noqa: E402
 from image_pipeline import LIST_FILE, PATHS, PublishedViews, per_core_rates, read_jpegs, write_jpegs  # noqa: E402
 
 # test.py by path: `import test` could find Python's own test package
@@ -326,7 +326,10 @@ def image_list_data(args):
     sizes = (40, 120) if args.smoke else 'imagenet'
     os.makedirs(CACHE, exist_ok=True)
     if args.data_folder:
-        published = benchmark.image_list(benchmark.default_split, args.data_folder)
+        try:  # fetched and pinned on first use, every file checked under --data_folder
+            published = benchmark.image_list(benchmark.default_split, args.data_folder)
+        except InputError as error:
+            fail(str(error))
         picked = torch.randperm(len(published), generator=torch.Generator().manual_seed(0))[:count].sort().values
         image_list, folder = published.subset(picked.numpy()), args.data_folder
         list_path = os.path.join(CACHE, f'{benchmark.name}_published_{len(image_list)}.txt')
@@ -952,7 +955,8 @@ def finite_positive(*values):
 def check_sane(results):
     """The smoke test's checks: every number finite and positive where it must be, and the extrapolations
     what they say (an epoch: the overhead + its steps x the step time; the run: its epochs x that)."""
-    assert results['training'] or results['eval'] or results['loader'] or results['checkpoint'], 'nothing was measured'
+    parts = ('training', 'eval', 'loader', 'checkpoint', 'per_core')
+    assert any(results.get(part) for part in parts), 'nothing was measured'
     for r in results['training']:
         for key in ('images_per_s', 'step_s', 'network_images_per_s', 'epoch_s_extrapolated', 'peak_memory_mb',
                     'final_loss'):
