@@ -14,7 +14,7 @@ Two loaders, drop-ins for train.run's DataLoader; each iterates its EpochBatchSa
   the host sends at most the decoded pixels, and usually less. The device cuts each view's box out, resizes
   it to 224 in chunks of bounded memory (CHUNK_BYTES), and makes the rest of the view.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -26,9 +26,8 @@ from data.image_list_datasets import TwoViewImageList
 from data.view_params import CIFAR, ViewParams
 from preemption import ignore_in_worker
 
-# The resize's working memory per chunk of views (float64 crops, the rows between its passes, uint8 crops):
-# 9 bytes x 3 x H x W + 8 x 3 x H x 224 for a view whose box is H x W. Views are taken largest first; a chunk
-# holds at least one view, so one 4,000 x 3,000 box alone (0.33 GB) is the largest a batch ever needs.
+# The resize's working memory per chunk of views (chunk_bytes); views are taken largest first and a chunk holds
+# at least one, so one 4,000 x 3,000 box alone (0.39 GB) is the most a batch needs beyond CHUNK_BYTES.
 CHUNK_BYTES = 2 ** 30
 
 
@@ -68,43 +67,66 @@ class DeviceViews:
 
 
 @dataclass
+class ViewBoxes:
+    """Where each view's box lies in a DecodedBatch, one entry per view (NumPy int64 [2B], in resize order; host
+    only: not sent): its image's region in the pixels (offset, height, width) and its box in the region (top,
+    left, height, width)."""
+    offset: np.ndarray
+    region_height: np.ndarray
+    region_width: np.ndarray
+    top: np.ndarray
+    left: np.ndarray
+    height: np.ndarray
+    width: np.ndarray
+
+    def rows(self, first, last):
+        """(offset, region height, width, top, left, height, width) of views first .. last - 1, as Python ints."""
+        return zip(*(getattr(self, f.name)[first:last].tolist() for f in fields(self)))
+
+
+@dataclass
 class DecodedBatch:
     """What a loader worker sends for one batch of B images: `pixels`, uint8, each image's region (the union
-    of its two views' boxes, channels first) one after the other; `params`, the views' ViewParams (crop
-    boxes in image coordinates); `positions`; `order`, int64 [2B], the views (b * 2 + v) in resize order,
-    and `sizes`, int64 [2B, 2], their boxes' (height, width) in that order. `views` (host only: not sent) has
-    a row per view in that order: region offset, region height, width, box top, left (in the region),
-    height, width; `chunks` (host only) the resize chunks: (first, last) rows, taps, vertical first."""
+    of its two views' boxes, channels first) one after the other; `params`, the views' ViewParams (crop boxes in
+    image coordinates); `positions`; `order`, int64 [2B], the views (b * 2 + v) in resize order. Host only (not
+    sent): `boxes` (ViewBoxes) and `chunks`, the resize chunks: (first, last) views in resize order, taps,
+    vertical first."""
     pixels: torch.Tensor
     params: ViewParams
     positions: torch.Tensor
     order: torch.Tensor
-    sizes: torch.Tensor
-    views: np.ndarray
+    boxes: ViewBoxes
     chunks: list
 
     def pin_memory(self):
         return DecodedBatch(self.pixels.pin_memory(), self.params.pin_memory(), self.positions.pin_memory(),
-                            self.order.pin_memory(), self.sizes.pin_memory(), self.views, self.chunks)
+                            self.order.pin_memory(), self.boxes, self.chunks)
+
+
+def chunk_bytes(views, height, width, vertical, out_size):
+    """Peak memory of resized_crops on `views` boxes padded to height x width: 3 x (10 H W + 12 H' S + 24 S^2)
+    bytes a view, H' the first pass's rows (W when it goes vertically first, which also copies the transposed
+    crops: 24 H W more), S the view size. Fitted to the peak RSS of chunks of 224 x 224, 1,000 x 800, 3,000 x 600
+    and 150 x 150 boxes on the CPU (within 1.4x above it, never below)."""
+    rows = width if vertical else height
+    per_view = 3 * (10 * height * width + 12 * rows * out_size + 24 * out_size * out_size)
+    return views * (per_view + (24 * height * width if vertical else 0))
 
 
 def resize_chunks(box_heights, box_widths, vertical, out_size, budget):
     """The views in resize order (those Pillow resizes vertically first apart, each group largest box first)
-    and their chunks [(first, last, taps, vertical first)]: consecutive views whose padded crops fit `budget`
-    bytes of working memory (CHUNK_BYTES), at least one view each."""
+    and their chunks [(first, last, taps, vertical first)]: consecutive views whose padded boxes need at most
+    `budget` bytes (chunk_bytes; CHUNK_BYTES), at least one view each."""
     order = np.lexsort((-(box_heights * box_widths), vertical))
     chunks, first = [], 0
     while first < len(order):
-        last, height, width = first, 0, 0
-        while last < len(order):
-            view = order[last]
-            if vertical[view] != vertical[order[first]]:
-                break
-            h, w = max(height, box_heights[view]), max(width, box_widths[view])
-            if last > first and (last + 1 - first) * 3 * h * (9 * w + 8 * out_size) > budget:
+        last, height, width, group = first, 0, 0, bool(vertical[order[first]])
+        while last < len(order) and vertical[order[last]] == group:
+            h, w = max(height, box_heights[order[last]]), max(width, box_widths[order[last]])
+            if last > first and chunk_bytes(last + 1 - first, h, w, group, out_size) > budget:
                 break
             height, width, last = h, w, last + 1
-        chunks.append((first, last, resample_taps(max(height, width), out_size), bool(vertical[order[first]])))
+        chunks.append((first, last, resample_taps(max(height, width), out_size), group))
         first = last
     return order, chunks
 
@@ -116,47 +138,50 @@ def decode_batch(dataset, positions, budget=None):
     images = [np.asarray(dataset.image(p)) for p in positions]
     sizes = torch.tensor([image.shape[:2] for image in images], dtype=torch.int64).reshape(-1, 2)
     params = dataset.view_params(torch.as_tensor(positions, dtype=torch.int64), sizes=sizes)
-    boxes = params.crop.numpy()  # [B, 2, 4]: top, left, height, width
-    region_top, region_left = boxes[..., 0].min(1), boxes[..., 1].min(1)
-    region_bottom, region_right = (boxes[..., 0] + boxes[..., 2]).max(1), (boxes[..., 1] + boxes[..., 3]).max(1)
+    crop = params.crop.numpy()  # [B, 2, 4]: top, left, height, width
+    region_top, region_left = crop[..., 0].min(1), crop[..., 1].min(1)
+    region_bottom, region_right = (crop[..., 0] + crop[..., 2]).max(1), (crop[..., 1] + crop[..., 3]).max(1)
     regions = [np.ascontiguousarray(image[t:b, l:r].transpose(2, 0, 1)).reshape(-1)
                for image, t, l, b, r in zip(images, region_top, region_left, region_bottom, region_right)]
     offsets = np.cumsum([0] + [len(region) for region in regions])[:-1]
-    box_heights, box_widths = boxes[..., 2].reshape(-1), boxes[..., 3].reshape(-1)
+    heights, widths = crop[..., 2].reshape(-1), crop[..., 3].reshape(-1)
     size = dataset.recipe.size
-    vertical = vertical_first(box_heights, box_widths, size, size)
-    order, chunks = resize_chunks(box_heights, box_widths, vertical, size, budget or CHUNK_BYTES)
-    image_of = order // 2
-    views = np.stack([offsets[image_of], (region_bottom - region_top)[image_of], (region_right - region_left)[image_of],
-                      boxes[..., 0].reshape(-1)[order] - region_top[image_of],
-                      boxes[..., 1].reshape(-1)[order] - region_left[image_of], box_heights[order], box_widths[order]], 1)
-    return DecodedBatch(torch.from_numpy(np.concatenate(regions)), params, torch.as_tensor(positions, dtype=torch.int64),
-                        torch.from_numpy(order), torch.from_numpy(views[:, 5:7].copy()), views, chunks)
+    order, chunks = resize_chunks(heights, widths, vertical_first(heights, widths, size, size), size,
+                                  budget or CHUNK_BYTES)
+    image = order // 2
+    boxes = ViewBoxes(offsets[image], (region_bottom - region_top)[image], (region_right - region_left)[image],
+                      crop[..., 0].reshape(-1)[order] - region_top[image],
+                      crop[..., 1].reshape(-1)[order] - region_left[image], heights[order], widths[order])
+    return DecodedBatch(torch.from_numpy(np.concatenate(regions)), params,
+                        torch.as_tensor(positions, dtype=torch.int64), torch.from_numpy(order), boxes, chunks)
 
 
-def resize_views(batch, pixels, order, sizes, out_size):
-    """Each view's box of a DecodedBatch (its tensors on the device: `pixels`, `order`, `sizes`) resized to
-    out_size as PIL does: float64 pixel values [2B, 3, S, S] in (sample, view) order. Per chunk, each box is
-    copied from its region into a zero-padded uint8 tensor (slices with host ints: no device value read)."""
-    views = torch.empty(len(batch.views), 3, out_size, out_size, dtype=torch.float64, device=pixels.device)
+def resize_views(batch, pixels, order, box_sizes, out_size):
+    """Each view's box of a DecodedBatch resized to out_size as PIL does (`pixels`, `order` and `box_sizes`,
+    the boxes' (height, width) in resize order, on the device): float64 pixel values [2B, 3, S, S] in (sample,
+    view) order. Per chunk, each box is copied from its region into a zero-padded uint8 tensor (slices with host
+    ints: no device value read)."""
+    resized = torch.empty(len(order), 3, out_size, out_size, dtype=torch.float64, device=pixels.device)
     for first, last, taps, vertical in batch.chunks:
-        rows = batch.views[first:last]
-        crops = torch.zeros(len(rows), 3, int(rows[:, 5].max()), int(rows[:, 6].max()), dtype=torch.uint8,
-                            device=pixels.device)
-        for crop, (offset, height, width, top, left, box_height, box_width) in zip(crops, rows.tolist()):
-            region = pixels[offset:offset + 3 * height * width].view(3, height, width)
-            crop[:, :box_height, :box_width] = region[:, top:top + box_height, left:left + box_width]
-        boxes = torch.cat([torch.zeros_like(sizes[first:last]), sizes[first:last]], 1)[:, None]  # (0, 0, h, w)
-        views.index_copy_(0, order[first:last], resized_crops(crops, boxes, out_size, taps, vertical))
-    return views
+        rows = list(batch.boxes.rows(first, last))
+        crops = torch.zeros(len(rows), 3, max(row[5] for row in rows), max(row[6] for row in rows),
+                            dtype=torch.uint8, device=pixels.device)
+        for crop, (offset, region_height, region_width, top, left, height, width) in zip(crops, rows):
+            region = pixels[offset:offset + 3 * region_height * region_width].view(3, region_height, region_width)
+            crop[:, :height, :width] = region[:, top:top + height, left:left + width]
+        sizes = box_sizes[first:last]
+        boxes = torch.cat([torch.zeros_like(sizes), sizes], 1)[:, None]  # (0, 0, height, width)
+        resized.index_copy_(0, order[first:last], resized_crops(crops, boxes, out_size, taps, vertical))
+    return resized
 
 
 def image_list_views(batch, device, recipe):
     """Both views of each image of a DecodedBatch, made on `device`: float32 [B, 2, 3, S, S], equal to the
     PIL path's (render_views), and the positions there."""
-    pixels, order, sizes = (t.to(device, non_blocking=True) for t in (batch.pixels, batch.order, batch.sizes))
+    pixels, order = (t.to(device, non_blocking=True) for t in (batch.pixels, batch.order))
     params = batch.params.to(device, non_blocking=True)
-    views = augment_views(resize_views(batch, pixels, order, sizes, recipe.size), params, recipe)
+    box_sizes = params.crop.reshape(-1, 4)[order, 2:]  # gathered on the device
+    views = augment_views(resize_views(batch, pixels, order, box_sizes, recipe.size), params, recipe)
     return views, batch.positions.to(device, non_blocking=True)
 
 

@@ -199,11 +199,11 @@ def draw_views(key, positions, size=(32, 32), rand_k=0, weight=None, rand_streng
         jitter_factors=torch.stack([low + (high - low) * u[..., JITTER_FACTORS + i]
                                     for i, (low, high) in enumerate(JITTER_RANGES)], -1),
         gray=u[..., GRAY] < GRAY_P,
-        magnitude=magnitude[:, None].expand(batch, 2),
+        magnitude=magnitude[:, None].expand(batch, 2).contiguous(),  # no stride 0: pinned memory refuses it
         ops=uniform_int(draws[..., 0], NUM_OPS),
         op_applied=applied,
         op_sign=torch.where(draws[..., 2] < 0.5, -1.0, 1.0).double(),
-        op_centre=draws[..., 3:5],
+        op_centre=draws[..., 3:5].contiguous(),
         blur=blur,
         blur_sigma=blur_sigma,
     )

@@ -30,7 +30,8 @@ def write_jpegs(folder, sizes, seed=0):
     paths = []
     for i, (height, width) in enumerate(sizes):
         y, x = np.mgrid[0:height, 0:width]
-        pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], -1) + rng.normal(0, 25, (height, width, 3))
+        pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], -1)
+        pixels = pixels + rng.normal(0, 25, (height, width, 3))
         pixels[height // 3:height // 2, width // 4:width // 2] = rng.randint(0, 256, 3)
         rel = f'train/n{i % 3:08d}/{i}.JPEG'
         os.makedirs(os.path.join(folder, os.path.dirname(rel)), exist_ok=True)
@@ -101,8 +102,8 @@ def test_a_batch_sends_one_region_per_image(jpegs):
     assert sorted(batch.order.tolist()) == list(range(2 * IMAGES))
     crop = batch.params.crop.reshape(-1, 4).numpy()
     regions = {}
-    for row, view in zip(batch.views, batch.order.tolist()):
-        offset, height, width, top, left, box_height, box_width = row.tolist()
+    for row, view in zip(batch.boxes.rows(0, 2 * IMAGES), batch.order.tolist()):
+        offset, height, width, top, left, box_height, box_width = row
         w, h = sizes[view // 2]
         assert 0 < height <= h and 0 < width <= w and (box_height, box_width) == tuple(crop[view, 2:])
         assert 0 <= top and top + box_height <= height and 0 <= left and left + box_width <= width
@@ -110,26 +111,39 @@ def test_a_batch_sends_one_region_per_image(jpegs):
     assert sum(3 * height * width for _, height, width in regions.values()) == batch.pixels.numel()
     verticals = set()
     for first, last, taps, vertical in batch.chunks:
-        rows = batch.views[first:last]
-        areas = rows[:, 5] * rows[:, 6]
-        assert list(areas) == sorted(areas, reverse=True)
-        padded = 3 * rows[:, 5].max() * (9 * rows[:, 6].max() + 8 * 224) * len(rows)
-        assert padded <= budget or len(rows) == 1
-        assert taps >= max(device_views.resample_taps(int(rows[:, 5:7].max()), 224), 5)
+        heights, widths = batch.boxes.height[first:last], batch.boxes.width[first:last]
+        assert list(heights * widths) == sorted(heights * widths, reverse=True)
+        padded = device_views.chunk_bytes(last - first, heights.max(), widths.max(), vertical, 224)
+        assert padded <= budget or last - first == 1
+        assert taps == device_views.resample_taps(max(heights.max(), widths.max()), 224)
         verticals.add(vertical)
     assert verticals == {False, True}
 
 
+def test_a_batch_pins(jpegs):
+    """Every tensor a worker sends can be pinned (the DataLoader pins batches for CUDA, copying each into a
+    tensor of the same strides, which a stride-0 expand refuses) and is sent alone (not a view into a larger
+    storage): each is contiguous."""
+    batch = decode_batch(boosted(jpegs), list(range(4)))
+    sent = [batch.pixels, batch.positions, batch.order] + [getattr(batch.params, f.name)
+                                                           for f in dataclasses.fields(batch.params)]
+    assert [t.is_contiguous() for t in sent] == [True] * len(sent)
+    assert not torch.zeros(2)[:, None].expand(2, 2).is_contiguous()  # what the check catches
+    if torch.cuda.is_available():
+        pinned = batch.pin_memory()
+        assert pinned.pixels.is_pinned() and pinned.params.magnitude.is_pinned()
+
+
 def test_nothing_is_read_and_only_the_batch_is_sent(jpegs):
     """The device part of a step on the meta device, where reading any value fails: it runs, and the host
-    data it sends is the batch's own tensors (pixels, resize order, box sizes, the 13 parameter fields,
-    positions: 17 copies), nothing made per step from host values."""
+    data it sends is the batch's own tensors (pixels, resize order, the 13 parameter fields, positions: 16
+    copies), nothing made per step from host values."""
     dataset = boosted(jpegs)
     batch = decode_batch(dataset, list(range(IMAGES)), 3 * 10 ** 6)
     with HostTransfers() as mode:
         views, positions = image_list_views(batch, torch.device('meta'), dataset.recipe)
     assert views.shape == (IMAGES, 2, 3, 224, 224) and views.device.type == 'meta' == positions.device.type
-    assert mode.found == ['to'] * 17
+    assert mode.found == ['to'] * 16
 
 
 def test_views_divide_as_cuda_would_round_correctly(jpegs):
@@ -142,14 +156,23 @@ def test_views_divide_as_cuda_would_round_correctly(jpegs):
 
 
 def test_the_loader_decodes_in_workers_and_keeps_the_order(jpegs):
-    """ImageListDeviceViews with 2 loader workers: the sampler's batches in order, each equal to the PIL
-    path's views of its positions; an epoch's later batches after a mid-epoch start."""
+    """ImageListDeviceViews with 2 persistent loader workers: the sampler's batches in order, each equal to the
+    PIL path's views of its positions; an epoch's later batches after a mid-epoch start; the next epoch's
+    batches with new BCL weights (the workers see them and the epoch through shared memory)."""
     dataset = boosted(jpegs)
-    sampler = EpochBatchSampler(IMAGES, 5, seed=1)
-    loader = ImageListDeviceViews(dataset, sampler, torch.device('cpu'), num_workers=2)
+    sampler = EpochBatchSampler(IMAGES, 7, seed=1)
+    loader = ImageListDeviceViews(dataset, sampler, torch.device('cpu'), num_workers=2, persistent_workers=True)
     sampler.set_epoch(2, start_step=1)
+    dataset.set_epoch(2)
     batches = list(loader)
-    order = sampler.order(2)
-    assert [p.tolist() for _, p in batches] == [order[5:10].tolist(), order[10:].tolist()]
-    for views, positions in batches:
+    assert [p.tolist() for _, p in batches] == [sampler.order(2)[7:].tolist()]
+    dataset.update_momentum_weight(torch.arange(IMAGES, 0, -1, dtype=torch.float64))
+    sampler.set_epoch(3)
+    dataset.set_epoch(3)
+    batches += list(loader)
+    assert [p.tolist() for _, p in batches[1:]] == [sampler.order(3)[:7].tolist(), sampler.order(3)[7:].tolist()]
+    for views, positions in batches[1:]:
         assert torch.equal(views, pil_views(dataset, positions.tolist()))
+    dataset.set_epoch(2)
+    dataset.momentum_weight.copy_(torch.linspace(0, 1, IMAGES, dtype=torch.float64))  # boosted()'s
+    assert torch.equal(batches[0][0], pil_views(dataset, batches[0][1].tolist()))
