@@ -68,6 +68,28 @@ What is timed:
   the GIL, a core) loses while the thread writes, against its rate when idle; with the
   background write's own duration; the median of 5 writes into the benchmark's cache folder.
 
+The ImageNet-scale benchmarks (--dataset imagenet100_lt, imagenet_lt, imagenet_lt_exp, places_lt; issue 24):
+ResNet-50 at 224 px on real JPEGs of ImageNet's size distribution (data/synthetic.py's, written once into the
+cache: batch x steps of them, at least --loader_images; the count is printed), or a fixed random subset of the
+published list with --data_folder IMAGENET. Methods SimCLR and SDCLR by default (BCL-I, BCL-D: k = 2, design 9.3).
+
+    python benchmarks/bench.py --dataset imagenet100_lt --output bench_in100_gpu.json   # batch 256, 10 steps
+    python benchmarks/bench.py --dataset imagenet100_lt --output bench_in100_cpu.json   # batch 4: 2-3 min, 2 cores
+    python benchmarks/bench.py --dataset imagenet100_lt --smoke                         # tiny JPEGs, 1 step
+
+- Loader, per core (benchmarks/image_pipeline.py, one process with one thread): images/s, two views each, base
+  and BCL k = 2, of the published pipeline run the published way, of ours (the PIL path), of --gpu_aug's loader
+  workers (decode_batch) and of the JPEG decode alone.
+- The device augmentation: ms per batch of image_list_views alone, on batches decoded beforehand (decode
+  excluded), the device synchronised.
+- Training: as above, with the loader of each configuration: the baseline is the published loader
+  (train_imagenet_places.py's: DataLoader, --num_workers workers re-created every epoch, no pinned memory,
+  torchvision's Compose per view; image_pipeline.PublishedViews), the per-sample momentum loop and the
+  published math, which on these sets also turns cuDNN's benchmark on (set_published_math); the others
+  train.make_loader's, over TwoViewImageList (PIL) or ImageListDeviceViews (--gpu_aug). Epoch and 500-epoch
+  times are EXTRAPOLATED to the real list (EPOCH_IMAGES). From the measured figures alone: the loader cores one
+  GPU needs, its network images/s over the images/s per core of each loader path.
+
 Configurations: default (train.py as it runs without flags: deterministic cuDNN, as published),
 bf16 (--amp bf16), channels_last, compile, persistent (--persistent_workers), cudnn_benchmark
 (--cudnn_benchmark), tf32 (--tf32), gpu_aug (--gpu_aug: the views made on the device), all
@@ -81,6 +103,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -88,6 +111,7 @@ import time
 import numpy as np
 import torch
 import torch._dynamo
+from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,8 +120,9 @@ sys.path.insert(0, ROOT)
 import checkpoint  # noqa: E402
 import train  # noqa: E402
 import train_sdclr  # noqa: E402
-from data.benchmarks import DEFAULT, INDEX_SPLIT_BENCHMARKS, get_benchmark  # noqa: E402
-from data.device_views import DeviceViews  # noqa: E402
+from data.benchmarks import BENCHMARKS, DEFAULT, INDEX_SPLIT_BENCHMARKS, get_benchmark  # noqa: E402
+from data.device_views import DeviceViews, decode_batch, image_list_views  # noqa: E402
+from data.image_list import write_image_list  # noqa: E402
 from data.sampler import EpochBatchSampler  # noqa: E402
 from data.safe_pickle import mark_not_official  # noqa: E402
 from data.synthetic import write_synthetic_cifar  # noqa: E402
@@ -105,7 +130,8 @@ from eval_cifar import PROBE_EPOCHS, extract_features, linear_probe  # noqa: E40
 from models import build_model  # noqa: E402
 from split.generate import generate_splits, write_splits  # noqa: E402
 from split.resolve import load_split, protocol_files  # noqa: E402
-from utils import compile_model, cosine_annealing, fail, rng_state, set_cudnn, set_seed  # noqa: E402
+from utils import InputError, compile_model, cosine_annealing, fail, rng_state, set_cudnn, set_seed  # noqa: E402
+from image_pipeline import LIST_FILE, PATHS, PublishedViews, per_core_rates, read_jpegs, write_jpegs  # noqa: E402
 
 # test.py by path: `import test` could find Python's own test package
 _spec = importlib.util.spec_from_file_location('bcl_test_script', os.path.join(ROOT, 'test.py'))
@@ -136,31 +162,69 @@ CONFIGS = {
     'all_gpu_aug': dict(amp='bf16', channels_last=True, compile=True, cudnn_benchmark=True, tf32=True, gpu_aug=True),
 }
 BASELINES = ('baseline', 'baseline_fp32')
+LOADER_FLAGS = {'gpu_aug': '--gpu_aug', 'persistent': '--persistent_workers'}  # train.make_loader reads these
+CORE_PATHS = {  # an image list's loader path (image_pipeline.PATHS) -> whether a configuration loads through it
+    'published': lambda flags: bool(flags.get('published')),
+    'ours': lambda flags: not flags.get('published') and not flags.get('gpu_aug'),
+    'gpu_aug_worker': lambda flags: bool(flags.get('gpu_aug')),
+}
 LABELS = {'baseline': 'published loop, torch defaults (TF32 convolutions)',
           'baseline_fp32': 'published loop, exact float32 (second reference)'}
 PARTS = ('train', 'eval', 'loader', 'checkpoint')
-PIPELINES = {'SimCLR': 'base', 'SDCLR': 'base', 'BCL-I': 'BCL k=1', 'BCL-D': 'BCL k=2'}
+IMAGE_LIST_PARTS = ('train', 'loader')  # an image list's loader part: the rates per core, --gpu_aug's device half
+PIPELINES = {'SimCLR': 'base', 'SDCLR': 'base', 'BCL-I': 'BCL k=1', 'BCL-D': 'BCL k=2'}  # CIFAR's (design 7)
+IMAGE_LIST_PIPELINES = ('base', 'BCL k=2')  # design 9.3: BCL's k is 2 on the ImageNet-scale sets
+# Images in an epoch of each image-list benchmark: its pre-training list (design 9.1). Where 9.1 counted a list,
+# the benchmark module's LINES has it (ImageNet-100-LT 12,205, Places-LT 62,500); ImageNet-LT's list is pinned by
+# git blob id and not counted here: about 115.8k (Liu et al. 2019). ImageNet-LT-exp's size is not known here.
+EPOCH_IMAGES = {'imagenet_lt': 115_800}
+DEFAULTS = {  # (CUDA, CPU) defaults of the options whose default depends on the kind of benchmark
+    'cifar': dict(methods=(','.join(METHODS),) * 2, batch_size=(512, 4), steps=(10, 3), epochs=(2, 2),
+                  loader_images=(0, 256), configs=('default,bf16,channels_last,compile,persistent,cudnn_benchmark,'
+                                                   'tf32,gpu_aug,all,all_gpu_aug', 'default,channels_last,persistent'),
+                  parts=(','.join(PARTS),) * 2),
+    'image_list': dict(methods=('SimCLR,SDCLR',) * 2, batch_size=(256, 4), steps=(10, 2), epochs=(1, 1),
+                       loader_images=(256, 256), configs=('baseline,default,gpu_aug,all,all_gpu_aug',
+                                                         'baseline,default,gpu_aug'),
+                       parts=(','.join(IMAGE_LIST_PARTS),) * 2),
+}
 
 
-def get_parser():
+def is_image_list(dataset):
+    return dataset not in INDEX_SPLIT_BENCHMARKS
+
+
+def kind_defaults(dataset):
+    """The defaults of `dataset`'s kind (CIFAR, image list) on this machine's device (DEFAULTS)."""
+    kind = DEFAULTS['image_list' if is_image_list(dataset) else 'cifar']
+    return {name: values[0 if torch.cuda.is_available() else 1] for name, values in kind.items()}
+
+
+def get_parser(dataset=DEFAULT):
+    """bench.py's arguments, with the defaults of `dataset`'s kind."""
+    default = kind_defaults(dataset)
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description='Speed benchmark of training, evaluation and data loading.')
-    parser.add_argument('--dataset', default=DEFAULT, choices=sorted(INDEX_SPLIT_BENCHMARKS),
+    parser.add_argument('--dataset', default=DEFAULT, choices=sorted(BENCHMARKS),
                         help='the benchmark (data/benchmarks/): its data layout, splits and classes')
     parser.add_argument('--data_folder', default='',
                         help="the --dataset's folder to use (default: a synthetic one of the real size, cached in "
-                             f'{CACHE})')
-    parser.add_argument('--methods', default=','.join(METHODS), help='comma list of ' + ', '.join(METHODS))
+                             f'{CACHE}; an image list: that many real-size JPEGs, or a fixed random subset of the '
+                             'published list of this folder)')
+    parser.add_argument('--methods', default=None,
+                        help='comma list of ' + ', '.join(METHODS) + f' (default: {default["methods"]})')
     parser.add_argument('--configs', default=None,
-                        help='comma list of ' + ', '.join(c for c in CONFIGS if c not in BASELINES)
-                             + ' (default CUDA: all of them; CPU: default,channels_last,persistent)')
+                        help='comma list of ' + ', '.join(CONFIGS) + f' (default: {default["configs"]})')
     parser.add_argument('--baseline', action='store_true',
                         help='also time the published loop with torch\'s defaults (every ratio against it) and in '
                              'exact float32 (a second reference)')
-    parser.add_argument('--batch_size', type=int, default=512 if cuda else 4)
-    parser.add_argument('--steps', type=int, default=10 if cuda else 3,
+    parser.add_argument('--batch_size', type=int, default=default['batch_size'])
+    parser.add_argument('--steps', type=int, default=default['steps'],
                         help='steps per timed epoch (0: a whole D_i epoch)')
-    parser.add_argument('--epochs', type=int, default=2, help='timed epochs per configuration')
+    parser.add_argument('--epochs', type=int, default=default['epochs'], help='timed epochs per configuration')
+    parser.add_argument('--epoch_images', type=int, default=None,
+                        help='images of a real epoch, for the extrapolation (default: the pre-training list\'s; '
+                             'CIFAR: D_i, image lists: EPOCH_IMAGES)')
     parser.add_argument('--warmup_epochs', type=int, default=1, help='untimed epochs first')
     parser.add_argument('--num_workers', type=int, default=8 if cuda else os.cpu_count(),
                         help='training and feature-extraction loader workers (train.py/test.py default: 8)')
@@ -168,23 +232,38 @@ def get_parser():
                         help='time the feature pass on this many images and scale (0: the real counts)')
     parser.add_argument('--probe_epochs', type=int, default=PROBE_EPOCHS if cuda else 2,
                         help=f'probe epochs timed (scaled to {PROBE_EPOCHS})')
-    parser.add_argument('--loader_images', type=int, default=0 if cuda else 256,
-                        help='images per loader-ceiling measurement (0: all of D_i)')
+    parser.add_argument('--loader_images', type=int, default=default['loader_images'],
+                        help='images per loader-ceiling (image lists: per-core) measurement (0: all of D_i)')
     parser.add_argument('--loader_workers', default=None,
                         help='comma list of worker counts (default: 1, --num_workers, the core count)')
-    parser.add_argument('--parts', default=','.join(PARTS), help='comma list of ' + ', '.join(PARTS))
+    parser.add_argument('--parts', default=default['parts'], help='comma list of ' + ', '.join(PARTS)
+                        + ' (image lists: ' + ', '.join(IMAGE_LIST_PARTS) + ')')
     parser.add_argument('--smoke', action='store_true',
                         help='smallest setting (CI): tiny data, batch 4, 1 step, checks the output')
     parser.add_argument('--output', default=None, help=f'JSON results (default: {CACHE}/bench_<device>.json)')
     return parser
 
 
+def parse_args(argv=None):
+    """The arguments, parsed with the defaults of the --dataset they name."""
+    dataset = argparse.ArgumentParser(add_help=False)
+    dataset.add_argument('--dataset', default=DEFAULT)
+    return get_parser(dataset.parse_known_args(argv)[0].dataset).parse_args(argv)
+
+
 def smoke_settings(args):
+    """--smoke: CIFAR's four methods with both baselines, default and gpu_aug; an image list's SimCLR with the
+    baseline, default and gpu_aug on tiny JPEGs (ResNet-50 at 224 px: a few seconds a step on 2 cores)."""
     args.batch_size, args.steps, args.epochs, args.warmup_epochs = 4, 1, 1, 1
     args.num_workers, args.eval_images, args.probe_epochs, args.loader_images = 1, 4, 1, 16
     args.loader_workers = args.loader_workers or '1'
-    args.configs = args.configs or 'default,gpu_aug'
-    args.baseline = True
+    if is_image_list(args.dataset):
+        args.methods = args.methods or 'SimCLR'
+        args.configs = args.configs or 'baseline,default,gpu_aug'
+        args.warmup_epochs = 0
+    else:
+        args.configs = args.configs or 'default,gpu_aug'
+        args.baseline = True
 
 
 # ----------------------------------------------------------------------------- data
@@ -228,7 +307,65 @@ def prepare_data(args, sizes=None):
                               index_sets=index_sets, benchmark=benchmark,
                               test_labels=benchmark.labels(folder, train=False),
                               class_counts=np.bincount(labels[d_i], minlength=benchmark.num_classes),
-                              steady_loss=steady_loss)
+                              steady_loss=steady_loss, epoch_images=args.epoch_images or len(d_i),
+                              description=f'D_i {len(d_i):,} images')
+
+
+def image_list_data(args):
+    """An image-list benchmark's data: real-size JPEGs written once into the cache (image_pipeline.write_jpegs;
+    --smoke: tiny ones), or with --data_folder a fixed random subset of the published pre-training list, as many as
+    the timed steps and the per-core measurement need; their list (`list_path`) and the timed epoch's, its first
+    --steps x --batch_size (`epoch_list`); steady-state momentum losses as prepare_data's."""
+    benchmark = get_benchmark(args.dataset)
+    epoch_images = args.epoch_images or benchmark.lines.get(benchmark.default_split) or EPOCH_IMAGES.get(benchmark.name)
+    if not epoch_images:
+        fail(f'the size of {benchmark.title}\'s pre-training list is not known here (design 9.1 pins it by git blob '
+             'id): pass --epoch_images N, its line count')
+    epoch_count = args.steps * args.batch_size or epoch_images
+    count = max(epoch_count, args.loader_images, 1)
+    sizes = (40, 120) if args.smoke else 'imagenet'
+    os.makedirs(CACHE, exist_ok=True)
+    if args.data_folder:
+        try:  # fetched and pinned on first use, every file checked under --data_folder
+            published = benchmark.image_list(benchmark.default_split, args.data_folder)
+        except InputError as error:
+            fail(str(error))
+        picked = torch.randperm(len(published), generator=torch.Generator().manual_seed(0))[:count].sort().values
+        image_list, folder = published.subset(picked.numpy()), args.data_folder
+        list_path = os.path.join(CACHE, f'{benchmark.name}_published_{len(image_list)}.txt')
+        write_image_list(list_path, image_list)
+    else:
+        folder = os.path.join(CACHE, f'{benchmark.name}_jpegs_{count}_{"tiny" if args.smoke else "imagenet_sizes"}')
+        if not os.path.isdir(folder):
+            print(f'writing {count:,} synthetic JPEGs to {folder}', flush=True)
+            shutil.rmtree(folder + '.tmp', ignore_errors=True)
+            write_jpegs(folder + '.tmp', count, benchmark.name, sizes)
+            os.replace(folder + '.tmp', folder)
+        image_list, list_path = read_jpegs(folder, benchmark.num_classes), os.path.join(folder, LIST_FILE)
+    image_sizes = np.array([Image.open(os.path.join(folder, image_list.relpath(i))).size
+                            for i in range(len(image_list))])  # (width, height)
+    source = 'real' if args.data_folder else 'synthetic'
+    description = (f'{len(image_list):,} {source} JPEGs (mean {image_sizes[:, 0].mean():.0f} x '
+                   f'{image_sizes[:, 1].mean():.0f} px, largest side {image_sizes.max():,}); an epoch of '
+                   f'{benchmark.title}: {epoch_images:,} images')
+    epoch_list = f'{os.path.splitext(list_path)[0]}_first_{epoch_count}.txt'
+    write_image_list(epoch_list, image_list.subset(range(min(epoch_count, len(image_list)))))
+    steady_loss = 4 + 2 * torch.rand(len(image_list), generator=torch.Generator().manual_seed(0))
+    return argparse.Namespace(folder=folder, list_path=list_path, epoch_list=epoch_list, benchmark=benchmark,
+                              epoch_images=epoch_images, description=description, steady_loss=steady_loss,
+                              jpegs=len(image_list), mean_width_height=image_sizes.mean(0).tolist())
+
+
+def image_list_dataset(data, pipeline, epoch=False):
+    """The pipeline's two-view dataset over the benchmark's JPEGs (`epoch`: the timed epoch's), as train.py builds
+    it (benchmark.training_set: TwoViewImageList, or BCL's MemoBoostedImageList with k = 2), BCL weights set by
+    the real update from the steady-state losses."""
+    bcl = pipeline != 'base'
+    dataset = data.benchmark.training_set(data.folder, data.epoch_list if epoch else data.list_path, bcl,
+                                          int(pipeline[-1]) if bcl else 0, 30, 0)
+    if bcl:
+        dataset.update_momentum_weight(data.steady_loss[:len(dataset)])
+    return dataset
 
 
 def two_view_dataset(data, pipeline, positions=None):
@@ -249,22 +386,24 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def set_cuda_math(flags, device):
+def set_cuda_math(flags, device, image_list=False):
     """As train.py: deterministic cuDNN and exact float32 unless the flags; the baseline as the
-    published code runs on today's torch (set_published_math)."""
+    published code runs on today's torch (set_published_math; `image_list`: its ImageNet scripts')."""
     if flags.get('torch_defaults'):
-        set_published_math()
+        set_published_math(cudnn_benchmark=image_list)
     else:
         set_cudnn(device, flags.get('cudnn_benchmark', False), flags.get('tf32', False))
 
 
-def set_published_math():
+def set_published_math(cudnn_benchmark=False):
     """The math the published code gets from today's torch: its setup_seed's deterministic cuDNN
     (design 5), and torch's defaults for what it does not touch: TF32 convolutions
     (cudnn.allow_tf32 defaults to True) and float32 matmuls (cuda.matmul.allow_tf32 defaults to
     False). What a researcher running the published commands on an Ampere or newer GPU gets;
-    on the CPU TF32 does not exist, so there it is the exact-float32 baseline."""
-    torch.backends.cudnn.benchmark = False
+    on the CPU TF32 does not exist, so there it is the exact-float32 baseline. The published
+    ImageNet-scale scripts (GH's train_imagenet_places.py, SDCLR's train_simCLR.py) turn
+    cudnn.benchmark on after setup_seed (`cudnn_benchmark`); deterministic stays on."""
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -307,9 +446,9 @@ class PublishedMomentumLoss(train.MomentumLoss):
     with the index on the host as the published loader gives it; then the per-step loss log
     (`float(loss.mean())`, one host sync per step)."""
 
-    def __init__(self, num_samples, beta, device):
+    def __init__(self, num_samples, beta, device, epochs=EPOCHS):
         super().__init__(num_samples, beta, device)
-        self.history = torch.zeros(EPOCHS, num_samples, device=device)
+        self.history = torch.zeros(epochs, num_samples, device=device)
 
     def update(self, index, per_sample_loss, epoch):
         loss, index = per_sample_loss.detach(), index.cpu()
@@ -325,20 +464,9 @@ class PublishedMomentumLoss(train.MomentumLoss):
 
 # ----------------------------------------------------------------------------- training
 
-def bench_training(method, config, data, args, device):
-    """Steady-state numbers of one method under one configuration (see the module docstring)."""
-    spec, flags = METHODS[method], CONFIGS[config]
-    argv = ['bench', '--batch_size', str(args.batch_size), '--rand_k', str(spec['rand_k'])]
-    targs = train.parse_args(argv + ['--dataset', data.benchmark.name] + (['--bcl'] if spec['bcl'] else []),
-                             spec['sdclr'])
-    set_seed(0)
-    set_cuda_math(flags, device)
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(device)
-    if flags.get('compile'):
-        torch._dynamo.reset()  # a fresh cache: no recompile limit carried over from other models
-
-    pipeline = 'base' if not spec['bcl'] else f'BCL k={spec["rand_k"]}'
+def cifar_loader(flags, pipeline, data, args, device):
+    """(the dataset whose BCL weights and momentum state train, its loader) of a configuration on CIFAR: the
+    DataLoader of train.run over a fixed random subset of D_i, or DeviceViews (--gpu_aug) over the same subset."""
     dataset = two_view_dataset(data, pipeline)
     if args.steps:  # a fixed random subset of whole batches, so that an epoch is `steps` steps
         epoch_set = Subset(dataset, torch.randperm(len(dataset))[:args.steps * args.batch_size].tolist())
@@ -347,29 +475,76 @@ def bench_training(method, config, data, args, device):
     persistent = flags.get('persistent', False) and args.num_workers > 0
     if flags.get('gpu_aug'):  # as train.run --gpu_aug: the same subset, its images on the device
         subset = two_view_dataset(data, pipeline, epoch_set.indices if args.steps else None)
-        loader = TimedLoader(DeviceViews(subset, EpochBatchSampler(len(subset), args.batch_size, 0), device))
+        return dataset, DeviceViews(subset, EpochBatchSampler(len(subset), args.batch_size, 0), device)
+    return dataset, DataLoader(epoch_set, batch_size=args.batch_size, shuffle=True, drop_last=False,
+                               num_workers=args.num_workers, pin_memory=device.type == 'cuda',
+                               persistent_workers=persistent)  # as train.run
+
+
+def image_list_loader(flags, pipeline, data, args, device, targs):
+    """(dataset, loader) of a configuration on an image list (whose JPEGs are the timed steps' images): the
+    published loader for the baselines (train_imagenet_places.py's DataLoader: shuffled, workers re-created every
+    epoch, no pinned memory, PublishedViews), else train.make_loader's (a DataLoader over TwoViewImageList, or
+    ImageListDeviceViews with --gpu_aug, as targs' flags say)."""
+    dataset = image_list_dataset(data, pipeline, epoch=True)
+    if flags.get('published'):
+        return dataset, DataLoader(PublishedViews(dataset), batch_size=args.batch_size, shuffle=True,
+                                   num_workers=args.num_workers, pin_memory=False)
+    return dataset, train.make_loader(dataset, EpochBatchSampler(len(dataset), args.batch_size, 0), targs, device)
+
+
+def training_args(method, config, data, args):
+    """train.py's arguments of a method and configuration on the benchmark (its recipe's defaults; CIFAR's
+    RandAugment k of design 7's command, an image list's k = 2)."""
+    spec, flags = METHODS[method], CONFIGS[config]
+    argv = ['bench', '--dataset', data.benchmark.name, '--batch_size', str(args.batch_size),
+            '--num_workers', str(args.num_workers)]
+    argv += [] if is_image_list(data.benchmark.name) else ['--rand_k', str(spec['rand_k'])]
+    argv += ['--bcl'] if spec['bcl'] else []
+    argv += [flag for key, flag in LOADER_FLAGS.items() if flags.get(key)]
+    return train.parse_args(argv, spec['sdclr'])
+
+
+def bench_training(method, config, data, args, device):
+    """Steady-state numbers of one method under one configuration (see the module docstring)."""
+    spec, flags = METHODS[method], CONFIGS[config]
+    targs = training_args(method, config, data, args)
+    image_list = is_image_list(data.benchmark.name)
+    set_seed(0)
+    set_cuda_math(flags, device, image_list)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    if flags.get('compile'):
+        torch._dynamo.reset()  # a fresh cache: no recompile limit carried over from other models
+
+    pipeline = 'base' if not spec['bcl'] else f'BCL k={targs.rand_k}'
+    if image_list:
+        dataset, loader = image_list_loader(flags, pipeline, data, args, device, targs)
     else:
-        loader = TimedLoader(DataLoader(epoch_set, batch_size=args.batch_size, shuffle=True, drop_last=False,
-                                        num_workers=args.num_workers, pin_memory=device.type == 'cuda',
-                                        persistent_workers=persistent))  # as train.run
+        dataset, loader = cifar_loader(flags, pipeline, data, args, device)
+    loader = TimedLoader(loader)
     steps = len(loader)
     targs.print_freq = steps  # one loss check per epoch, as at batch 512 (20 steps, --print_freq 20)
 
     memory_format = torch.channels_last if flags.get('channels_last') else torch.contiguous_format
-    model = build_model(prune=spec['sdclr'], network=targs.model).to(device, memory_format=memory_format)
+    model = build_model(prune=spec['sdclr'], network=targs.model, num_class=targs.num_class,
+                        **data.benchmark.model_options(spec['sdclr'])).to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=targs.lr, momentum=0.9, weight_decay=targs.weight_decay)
-    momentum = (PublishedMomentumLoss if flags.get('published') else train.MomentumLoss)(
-        len(dataset), targs.momentum_loss_beta, device)
-    momentum.value.copy_(data.steady_loss)
+    if flags.get('published'):  # its history buffer: epochs x N of the published run
+        momentum = PublishedMomentumLoss(len(dataset), targs.momentum_loss_beta, device, targs.epochs)
+    else:
+        momentum = train.MomentumLoss(len(dataset), targs.momentum_loss_beta, device)
+    steady_loss = data.steady_loss[:len(dataset)]  # CIFAR: D_i's; an image list: the timed epoch's images'
+    momentum.value.copy_(steady_loss)
     amp = flags.get('amp') == 'bf16'
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)  # noqa: E731 (as train.run)
     if flags.get('compile'):
         compile_model(model)
     step_fn = train_sdclr.sdclr_step if spec['sdclr'] else train.simclr_step
-    real_steps = math.ceil(len(dataset) / args.batch_size)  # steps of a real epoch
+    real_steps = math.ceil(data.epoch_images / args.batch_size)  # steps of a real epoch
 
     def lr_at(step):  # train.run's schedule over a real run
-        return targs.lr * cosine_annealing(step, EPOCHS * real_steps, 1, 1e-6 / targs.lr,
+        return targs.lr * cosine_annealing(step, targs.epochs * real_steps, 1, 1e-6 / targs.lr,
                                            warmup_steps=train.WARMUP_EPOCHS * real_steps)
 
     epoch_times = []
@@ -381,7 +556,7 @@ def bench_training(method, config, data, args, device):
         train.train_epoch(model, loader, optimizer, step_fn, momentum, epoch, targs, lr_at, autocast, device,
                           memory_format)
         if spec['bcl']:  # as train.run, from the fixed steady-state losses (module docstring)
-            dataset.update_momentum_weight(data.steady_loss)
+            dataset.update_momentum_weight(steady_loss)
         sync(device)
         epoch_times.append(time.perf_counter() - start)
     del loader.loader  # persistent workers end here
@@ -402,8 +577,8 @@ def bench_training(method, config, data, args, device):
     return {'method': method, 'config': config, 'batch_size': args.batch_size, 'timed_steps': len(durations),
             'images_per_s': args.batch_size / step_s, 'step_s': step_s, 'data_wait_share': wait / window,
             'network_images_per_s': images / (window - wait), 'epoch_overhead_s': overhead_s,
-            'steps_per_epoch': real_steps, 'epoch_s_extrapolated': epoch_s,
-            'hours_2000_epochs_extrapolated': EPOCHS * epoch_s / 3600,
+            'steps_per_epoch': real_steps, 'epoch_s_extrapolated': epoch_s, 'pipeline': pipeline,
+            'run_epochs': targs.epochs, f'hours_{targs.epochs}_epochs_extrapolated': targs.epochs * epoch_s / 3600,
             'warmup_s': sum(epoch_times[:args.warmup_epochs]), 'peak_memory_mb': peak_memory_mb(device),
             'final_loss': float(momentum.value.mean())}
 
@@ -546,6 +721,29 @@ def bench_device_augment(pipeline, data, args, device, epochs=3, images=None):
     return {'pipeline': pipeline, 'images_per_s': images / sum(seconds), 'batch_ms': batch_ms}
 
 
+def bench_image_list_augment(pipeline, data, args, device):
+    """--gpu_aug's device half on an image list, per batch: image_list_views alone on DecodedBatches decoded
+    beforehand (decode excluded; pinned on CUDA, as the loader pins them), the device synchronised. CUDA: 3
+    batches, the first untimed (warm-up: kernels, allocator), the median of the others; CPU: one batch, timed
+    (no warm-up to speak of, and seconds a batch of 4 at 224 px). bench_device_augment's row."""
+    dataset = image_list_dataset(data, pipeline)
+    size, cuda = args.batch_size, device.type == 'cuda'
+    batches = 3 if cuda else 1
+    decoded = [decode_batch(dataset, [(b * size + i) % len(dataset) for i in range(size)]) for b in range(batches)]
+    if cuda:
+        decoded = [batch.pin_memory() for batch in decoded]
+    seconds = [timed(lambda: image_list_views(batch, device, dataset.recipe), device)[0] for batch in decoded]
+    batch_s = float(np.median(seconds[1:] if cuda else seconds))
+    return {'pipeline': pipeline, 'images_per_s': size / batch_s, 'batch_ms': 1000 * batch_s}
+
+
+def bench_per_core(data, args):
+    """The loader's images/s per core on the benchmark's JPEGs (image_pipeline.per_core_rates: the published
+    pipeline, ours, --gpu_aug's workers, decode alone), base and BCL k = 2, on the first --loader_images."""
+    base, boosted = (image_list_dataset(data, pipeline) for pipeline in IMAGE_LIST_PIPELINES)
+    return per_core_rates(base, boosted, min(args.loader_images or len(base), len(base)), args.batch_size)
+
+
 # ----------------------------------------------------------------------------- checkpoint writes
 
 def main_thread_rate(done):
@@ -599,14 +797,21 @@ def ratio(value, reference):
     return f'{value / reference:.2f}x' if reference else '-'
 
 
+def run_hours(row):
+    """A training row's hours for its benchmark's published run (2000 epochs on CIFAR, 500 on the image lists),
+    EXTRAPOLATED."""
+    return row[f'hours_{row.get("run_epochs", EPOCHS)}_epochs_extrapolated']
+
+
 def print_training(rows, s, reference, cuda):
     memory = 'torch.cuda.max_memory_allocated' if cuda else 'process RSS high-water (CPU, cumulative over the run)'
+    run_epochs = rows[0]['run_epochs']
     print(f'\nTraining, steady state: {s["warmup_epochs"]} warm-up epoch(s), then {s["epochs"]} timed epoch(s) of '
-          f'{s["steps"] or "all"} step(s); epoch and 2000-epoch times EXTRAPOLATED to '
+          f'{s["steps"] or "all"} step(s); epoch and {run_epochs}-epoch times EXTRAPOLATED to '
           f'{rows[0]["steps_per_epoch"]} steps/epoch + the measured per-epoch overhead; speed-ups: ratios to '
           f'{reference} of the same method, of images/s and of the epoch time; peak memory: {memory}')
     print('| method | config | img/s | speed-up img/s | step ms | data wait | overhead s/epoch | '
-          'epoch s (extrap.) | speed-up epoch | 2000 ep h (extrap.) | peak MB |')
+          f'epoch s (extrap.) | speed-up epoch | {run_epochs} ep h (extrap.) | peak MB |')
     print('|---' * 11 + '|')
     for r in rows:
         ref = reference_row(rows, r, 'method', reference)
@@ -615,7 +820,7 @@ def print_training(rows, s, reference, cuda):
               f'{100 * r["data_wait_share"]:.0f}% | {r["epoch_overhead_s"]:,.2f} | '
               f'{r["epoch_s_extrapolated"]:,.1f} | '
               f'{ratio(ref["epoch_s_extrapolated"], r["epoch_s_extrapolated"]) if ref else "-"} | '
-              f'{r["hours_2000_epochs_extrapolated"]:,.1f} | {r["peak_memory_mb"]:,.0f} |')
+              f'{run_hours(r):,.1f} | {r["peak_memory_mb"]:,.0f} |')
 
 
 def print_eval(rows, s, reference):
@@ -670,10 +875,45 @@ def print_checkpoint(rows):
               f'{r["saves_2000_epochs"] * r["synchronous_s"]:,.0f} s -> {r["saves_2000_epochs"] * lost:,.0f} s |')
 
 
+def print_per_core(rows):
+    print(f'\nLoader, images/s per core (one process, one thread) on {rows[0]["images"]:,} images; two views each, '
+          'decode alone one image')
+    pipelines = IMAGE_LIST_PIPELINES
+    print('| loader path | ' + ' | '.join(pipelines) + ' |\n' + '|---' * (len(pipelines) + 1) + '|')
+    for path, title in PATHS.items():
+        rates = {r['pipeline']: r['images_per_s_per_core'] for r in rows if r['path'] == path}
+        print(f'| {title} | ' + ' | '.join(f'{rates.get(p, rates.get("any", math.nan)):,.1f}' for p in pipelines)
+              + ' |')
+
+
+def loader_cores(training, per_core):
+    """Per method and loader path, the loader cores one GPU needs, from measured figures only: the network's
+    images/s (the data wait excluded) in the fastest configuration loading through that path, over the path's
+    images/s per core for the method's pipeline."""
+    rates = {(r['path'], r['pipeline']): r['images_per_s_per_core'] for r in per_core}
+    rows = []
+    for method in dict.fromkeys(r['method'] for r in training):
+        for path, loads in CORE_PATHS.items():
+            runs = [r for r in training if r['method'] == method and loads(CONFIGS[r['config']])]
+            rate = runs and rates.get((path, runs[0]['pipeline']))
+            if rate:
+                best = max(runs, key=lambda r: r['network_images_per_s'])
+                rows.append({'method': method, 'path': path, 'what': PATHS[path], 'config': best['config'],
+                             'network_images_per_s': best['network_images_per_s'], 'images_per_s_per_core': rate,
+                             'cores': best['network_images_per_s'] / rate})
+    return rows
+
+
+def cores_lines(rows):
+    return [f'{r["method"]}: loader cores one GPU needs through {r["what"]}: network '
+            f'{r["network_images_per_s"]:,.1f} img/s ({r["config"]}) / {r["images_per_s_per_core"]:,.1f} img/s per '
+            f'core = {r["cores"]:.3g} cores' for r in rows]
+
+
 def print_report(results):
     s = results['settings']
     print(f'\n## {results["device"]}, torch {results["torch"]}; batch {s["batch_size"]}, '
-          f'{s["num_workers"]} loader workers, D_i {s["d_i_images"]:,} images')
+          f'{s["num_workers"]} loader workers, {results["data"]}')
     reference = results['reference']['config']
     if results['training']:
         print_training(results['training'], s, reference, results['device_type'] == 'cuda')
@@ -683,9 +923,11 @@ def print_report(results):
         print_loader(results['loader'])
     if results.get('device_augment'):
         print_device_augment(results['device_augment'], s['batch_size'])
+    if results.get('per_core'):
+        print_per_core(results['per_core'])
     if results.get('checkpoint'):
         print_checkpoint(results['checkpoint'])
-    for line in results['bound']:
+    for line in results['bound'] + cores_lines(results.get('cores', [])):
         print(line)
 
 
@@ -706,15 +948,22 @@ def bound_lines(results):
     return lines
 
 
+def finite_positive(*values):
+    return all(math.isfinite(value) and value > 0 for value in values)
+
+
 def check_sane(results):
-    """The smoke test's checks: every number finite and positive where it must be."""
-    assert results['training'] or results['eval'] or results['loader'] or results['checkpoint'], 'nothing was measured'
+    """The smoke test's checks: every number finite and positive where it must be, and the extrapolations
+    what they say (an epoch: the overhead + its steps x the step time; the run: its epochs x that)."""
+    parts = ('training', 'eval', 'loader', 'checkpoint', 'per_core')
+    assert any(results.get(part) for part in parts), 'nothing was measured'
     for r in results['training']:
-        for key in ('images_per_s', 'step_s', 'network_images_per_s', 'epoch_s_extrapolated',
-                    'hours_2000_epochs_extrapolated', 'peak_memory_mb', 'final_loss'):
-            assert math.isfinite(r[key]) and r[key] > 0, (r['method'], r['config'], key, r[key])
-        assert 0 <= r['data_wait_share'] < 1, r
-        assert r['epoch_s_extrapolated'] >= r['steps_per_epoch'] * r['step_s'] * 0.5, r
+        for key in ('images_per_s', 'step_s', 'network_images_per_s', 'epoch_s_extrapolated', 'peak_memory_mb',
+                    'final_loss'):
+            assert finite_positive(r[key]), (r['method'], r['config'], key, r[key])
+        assert finite_positive(run_hours(r)) and 0 <= r['data_wait_share'] < 1 and r['epoch_overhead_s'] >= 0, r
+        assert math.isclose(r['epoch_s_extrapolated'], r['epoch_overhead_s'] + r['steps_per_epoch'] * r['step_s']), r
+        assert math.isclose(run_hours(r), r['run_epochs'] * r['epoch_s_extrapolated'] / 3600), r
     for r in results['eval']:
         for key in ('warmup_s', 'features_s', 'probes_s', 'total_s'):
             assert math.isfinite(r[key]) and r[key] > 0, (r['family'], r['config'], key, r[key])
@@ -725,7 +974,12 @@ def check_sane(results):
         assert r['megabytes'] > 1 and 0 < r['blocking_s'] <= r['background_s'] and r['synchronous_s'] > 0, r
         assert 0 <= r['slowed_s'] <= r['background_s'], r
     for r in results.get('device_augment', []):
-        assert math.isfinite(r['images_per_s']) and r['images_per_s'] > 0 and r['batch_ms'] > 0, r
+        assert finite_positive(r['images_per_s'], r['batch_ms']), r
+    for r in results.get('per_core', []):
+        assert r['images'] > 0 and finite_positive(r['images_per_s_per_core']), r
+    for r in results.get('cores', []):
+        assert finite_positive(r['cores']) and math.isclose(r['cores'], r['network_images_per_s']
+                                                            / r['images_per_s_per_core']), r
 
 
 def cpu_model():
@@ -775,30 +1029,35 @@ def write_json(results, path):
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.smoke:
         smoke_settings(args)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    methods = args.methods.split(',')
-    configs = (args.configs or ('default,bf16,channels_last,compile,persistent,cudnn_benchmark,tf32,gpu_aug,all,all_gpu_aug'
-                                if device.type == 'cuda'
-                                else 'default,channels_last,persistent')).split(',')
-    configs = (list(BASELINES) if args.baseline else []) + [c for c in configs if c not in BASELINES]
+    image_list = is_image_list(args.dataset)
+    defaults = kind_defaults(args.dataset)
+    methods = (args.methods or defaults['methods']).split(',')
+    chosen = (args.configs or defaults['configs']).split(',')  # the baselines first: every ratio is against them
+    configs = list(dict.fromkeys((list(BASELINES) if args.baseline else [])
+                                 + sorted(chosen, key=lambda c: c not in BASELINES)))
     parts = args.parts.split(',')
     for name, chosen, known in (('method', methods, METHODS), ('config', configs, CONFIGS),
-                                ('part', parts, PARTS)):
+                                ('part', parts, IMAGE_LIST_PARTS if image_list else PARTS)):
         unknown = [c for c in chosen if c not in known]
         if unknown:
-            sys.exit(f'error: unknown {name} {", ".join(unknown)}: use {", ".join(known)}')
+            sys.exit(f'error: unknown {name} {", ".join(unknown)}: use {", ".join(known)}'
+                     + (f' (on {args.dataset})' if name == 'part' and image_list else ''))
     output = args.output or os.path.join(CACHE, f'bench_{device.type}.json')
     check_writable(output)  # before any measurement
     name = device_name(device)
-    data = prepare_data(args)
-    results = {'device': name, 'device_type': device.type, 'torch': torch.__version__,
+    data = image_list_data(args) if image_list else prepare_data(args)
+    sizes = ({'jpegs': data.jpegs, 'mean_width_height': data.mean_width_height} if image_list
+             else {'d_i_images': len(data.d_i)})
+    results = {'device': name, 'device_type': device.type, 'torch': torch.__version__, 'data': data.description,
                'reference': reference_of(configs, device),
                'training': [], 'eval': [], 'loader': [], 'checkpoint': [], 'bound': [],
-               'settings': {**vars(args), 'methods': methods, 'configs': configs, 'd_i_images': len(data.d_i)}}
-    print(f'{name}; D_i {len(data.d_i):,} images; methods {methods}; configs {configs}', flush=True)
+               'settings': {**vars(args), 'methods': methods, 'configs': configs, 'epoch_images': data.epoch_images,
+                            **sizes}}
+    print(f'{name}; {data.description}; methods {methods}; configs {configs}', flush=True)
 
     if 'train' in parts:
         for method in methods:
@@ -818,7 +1077,12 @@ def main(argv=None):
                 r = bench_eval(prune, config, probes, data, args, device)
                 results['eval'].append(r)
                 print(f'eval  {r["family"]:6} {config:13} {r["total_s"]:9.1f} s', flush=True)
-    if 'loader' in parts:
+    if 'loader' in parts and image_list:
+        results['per_core'] = bench_per_core(data, args)
+        for r in results['per_core']:
+            print(f'loader per core {r["path"]:14} {r["pipeline"]:8} {r["images_per_s_per_core"]:9.1f} img/s',
+                  flush=True)
+    elif 'loader' in parts:
         workers = (sorted({int(w) for w in args.loader_workers.split(',')}) if args.loader_workers
                    else sorted({1, args.num_workers, os.cpu_count()}))
         for pipeline in dict.fromkeys(PIPELINES[m] for m in methods):
@@ -826,9 +1090,11 @@ def main(argv=None):
                 r = bench_loader(pipeline, w, data, args, device)
                 results['loader'].append(r)
                 print(f'loader {pipeline:8} {w:2} workers {r["images_per_s"]:9.1f} img/s', flush=True)
+    if 'loader' in parts:
         results['device_augment'] = []
-        for pipeline in dict.fromkeys(PIPELINES[m] for m in methods):
-            r = bench_device_augment(pipeline, data, args, device)
+        augment = bench_image_list_augment if image_list else bench_device_augment
+        for pipeline in IMAGE_LIST_PIPELINES if image_list else dict.fromkeys(PIPELINES[m] for m in methods):
+            r = augment(pipeline, data, args, device)
             results['device_augment'].append(r)
             print(f'device augmentation (--gpu_aug) {pipeline:8} {r["images_per_s"]:9,.0f} img/s, '
                   f'{r["batch_ms"]:.1f} ms per batch of {args.batch_size} (two views each)', flush=True)
@@ -840,6 +1106,7 @@ def main(argv=None):
                   f'background {r["blocking_s"]:.3f} + {r["slowed_s"]:.3f} s (write {r["background_s"]:.3f} s)',
                   flush=True)
     results['bound'] = bound_lines(results)
+    results['cores'] = loader_cores(results['training'], results.get('per_core', []))
     print_report(results)
 
     write_json(results, output)

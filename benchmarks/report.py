@@ -34,7 +34,9 @@ PART_TITLES = {
     'device_augment': '--gpu_aug augmentation alone', 'checkpoint': 'background checkpoint write',
     'torchrun': 'torchrun --nproc_per_node 1 (NCCL) vs plain run', 'test_py': 'test.py on a checkpoint',
     'probe': 'in-training probe', 'sdclr_probe': 'test.py --protocol sdclr probe vs the published loop',
-    'eval': 'test.py evaluation (bench.py)', 'loader': 'loader ceiling'}
+    'eval': 'test.py evaluation (bench.py)', 'loader': 'loader ceiling',
+    'imagenet': 'ImageNet-100-LT at 224 px (ResNet-50)'}
+LATER_PARTS = ('imagenet',)  # gpu_check.py parts newer than some reports: shown there as not yet measured
 CONFIG_NAMES = {'baseline': 'published loop, torch defaults (TF32 conv.)',
                 'baseline_fp32': 'published loop, exact float32 (second reference)',
                 'default': 'default (exact float32)', 'persistent': '`--persistent_workers`',
@@ -85,19 +87,27 @@ def figures(report, name):
 
 # ----------------------------------------------------------------------------- markdown
 
+def with_later_parts(report):
+    """The report's parts, then each of LATER_PARTS it lacks (made before gpu_check.py had it), not measured."""
+    names = {p['name'] for p in report['parts']}
+    return report['parts'] + [not_measured(name, 'gpu_check.py had no such part when this report was made')
+                              for name in LATER_PARTS if name not in names]
+
+
 def render(report):
     """The report's markdown: the machine, the parts' status, then each part's table."""
+    parts = with_later_parts(report)
     m = report['machine']
     lines = [f'GPU report: {m["gpu"]}, torch {m["torch"]}, CUDA {m["cuda"]}, cuDNN {m["cudnn"]}; '
              f'{report["started"]}. Produced by `{report["command"]}`, rendered from `{report["file"]}` by '
              f'`python benchmarks/report.py`.', '', report['note'], '',
              '| part | status | seconds | budget s |', '|---|---|---|---|']
-    for p in report['parts']:
+    for p in parts:
         status = p['status'] if p['status'] in ('passed', 'measured') else f'**{p["status"]}**'
         seconds = f'{p["seconds"]:.0f}' if p.get('seconds') is not None else '-'
         lines.append(f'| {PART_TITLES[p["name"]]} | {status} | {seconds} | {p.get("budget_s") or "-"} |')
     lines += ['', goal_line(report)]
-    for p in report['parts']:
+    for p in parts:
         lines += ['', *part_lines(p, report)]
     return '\n'.join(lines) + '\n'
 
@@ -121,10 +131,12 @@ def part_lines(part, report):
 def render_training(f, report):
     ref = report['reference']
     kind = 'LOWER BOUND (see the note above)' if ref.get('bound') else 'measured in the same run'
+    epochs = f['rows'][0].get('run_epochs', EPOCHS)  # the published run: 2000 epochs on CIFAR, 500 on image lists
     lines = [f'Training, batch {f["batch_size"]}, {f["workers"]} loader workers: steady-state images/s; speed-up = '
-             f'images/s over {ref["label"]}, {kind}; epoch and {EPOCHS}-epoch times EXTRAPOLATED from '
+             f'images/s over {ref["label"]}, {kind}; epoch and {epochs}-epoch times EXTRAPOLATED from '
              f'{f["timed"]}.', '',
-             '| method | config | img/s | speed-up vs honest baseline | data wait | epoch s | 2000 epochs | peak MB |',
+             '| method | config | img/s | speed-up vs honest baseline | data wait | epoch s | '
+             f'{epochs} epochs | peak MB |',
              '|---|---|---|---|---|---|---|---|']
     for r in f['rows']:
         if r['speedup']:
@@ -133,7 +145,7 @@ def render_training(f, report):
             speedup = 'not known: re-measure' if ref.get('bound') else '-'
         lines.append(f'| {r["method"]} | {CONFIG_NAMES.get(r["config"], r["config"])} | {r["images_per_s"]:,.0f} | '
                      f'{speedup} | {100 * r["data_wait_share"]:.0f}% | {r["epoch_s_extrapolated"]:.1f} | '
-                     f'{r["hours_2000_epochs_extrapolated"]:.1f} h | {r["peak_memory_mb"]:,.0f} |')
+                     f'{r[f"hours_{epochs}_epochs_extrapolated"]:.1f} h | {r["peak_memory_mb"]:,.0f} |')
     return lines + (['', f'({f["remark"]})'] if f.get('remark') else [])
 
 
@@ -167,6 +179,30 @@ def render_loader(f, report):
     return lines
 
 
+def render_imagenet(f, report):
+    """gpu_check's ImageNet part: --gpu_aug's device half, the loader per core, training with its 500-epoch
+    extrapolation, and the loader cores one GPU needs (measured figures only)."""
+    pipelines = list(dict.fromkeys(r['pipeline'] for r in f['per_core'] if r['pipeline'] != 'any'))
+    lines = [f'{f["dataset"]} at 224 px, ResNet-50, on {f["data"]}.', '',
+             *render_device_augment({'batch_size': f['batch_size'], 'rows': f['device_augment']}, report),
+             '', '(image_list_views alone on batches decoded beforehand: the decode is the loader workers\')', '',
+             f'Loader, images/s per core (one process, one thread), on {f["per_core"][0]["images"]} JPEGs; two views '
+             'each, decode alone one image:', '', '| loader path | ' + ' | '.join(pipelines) + ' |',
+             '|---' * (len(pipelines) + 1) + '|']
+    for what in dict.fromkeys(r['what'] for r in f['per_core']):
+        rates = {r['pipeline']: r['images_per_s_per_core'] for r in f['per_core'] if r['what'] == what}
+        lines.append(f'| {what} | ' + ' | '.join(f'{rates.get(p, rates.get("any")):,.1f}' for p in pipelines) + ' |')
+    if f['rows']:
+        lines += ['', *render_training(f, report), '',
+                  '(the published loop here: its DataLoader, torchvision\'s Compose per view, workers re-created every '
+                  'epoch, no pinned memory, the per-sample momentum loop, TF32 convolutions with cuDNN\'s benchmark '
+                  'on, as its ImageNet scripts set it)']
+    lines += [''] + [f'{r["method"]}: loader cores one GPU needs through {r["what"]}: network '
+                     f'{r["network_images_per_s"]:,.0f} img/s ({CONFIG_NAMES.get(r["config"], r["config"])}) / '
+                     f'{r["images_per_s_per_core"]:,.1f} img/s per core = {r["cores"]:.3g} cores' for r in f['cores']]
+    return lines
+
+
 def summary(f):
     """A part's figures as one line (tests, quick start, torchrun, test.py, probe)."""
     return '; '.join(f'{k.replace("_", " ")} {v:.4g}' if isinstance(v, float) else f'{k.replace("_", " ")} {v}'
@@ -174,7 +210,7 @@ def summary(f):
 
 
 RENDERERS = {'training': render_training, 'eval': render_eval, 'device_augment': render_device_augment,
-             'checkpoint': render_checkpoint, 'loader': render_loader}
+             'checkpoint': render_checkpoint, 'loader': render_loader, 'imagenet': render_imagenet}
 
 
 def replace_section(text, markdown):

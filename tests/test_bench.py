@@ -97,3 +97,57 @@ def test_a_part_cut_short_leaves_no_process_behind():
             break
         time.sleep(0.1)
     assert not os.path.exists(f'/proc/{child}') or open(f'/proc/{child}/stat').read().split()[2] == 'Z'
+
+
+def test_image_list_bench_smoke_reports_every_row_and_its_extrapolation(tmp_path, capsys):
+    """bench.py --dataset imagenet100_lt --smoke on the CPU (16 tiny JPEGs, ResNet-50 at 224 px, batch 4, 1 step):
+    the loader per core for each path and pipeline, --gpu_aug's device half for both pipelines, SimCLR's training
+    rows (the published loop, ours, --gpu_aug) with ImageNet-100-LT's epoch (12,205 images) and 500-epoch times
+    extrapolated from the measured step and overhead, and the loader cores one GPU needs from those figures."""
+    import math
+    results = bench.main(['--dataset', 'imagenet100_lt', '--smoke', '--output', str(tmp_path / 'in100.json')])
+    assert results['settings']['jpegs'] == 16 and results['settings']['epoch_images'] == 12205
+    rows = results['training']
+    assert [(r['method'], r['config'], r['pipeline']) for r in rows] == [
+        ('SimCLR', config, 'base') for config in ('baseline', 'default', 'gpu_aug')]
+    for r in rows:
+        assert r['steps_per_epoch'] == math.ceil(12205 / 4) and r['run_epochs'] == 500
+        assert r['epoch_s_extrapolated'] == pytest.approx(r['epoch_overhead_s'] + 3052 * r['step_s'])
+        assert r['hours_500_epochs_extrapolated'] == pytest.approx(500 * r['epoch_s_extrapolated'] / 3600)
+        assert r['images_per_s'] == pytest.approx(4 / r['step_s'])
+    per_core = {(r['path'], r['pipeline']): r['images_per_s_per_core'] for r in results['per_core']}
+    assert set(per_core) == {('decode', 'any')} | {(path, pipeline) for path in ('published', 'ours', 'gpu_aug_worker')
+                                                   for pipeline in ('base', 'BCL k=2')}
+    assert all(math.isfinite(v) and v > 0 for v in per_core.values())
+    assert [r['pipeline'] for r in results['device_augment']] == ['base', 'BCL k=2']
+    assert all(r['batch_ms'] > 0 and r['images_per_s'] == pytest.approx(4000 / r['batch_ms'])
+               for r in results['device_augment'])
+    cores = {r['path']: r for r in results['cores']}
+    assert set(cores) == {'published', 'ours', 'gpu_aug_worker'}
+    for path, config in (('published', 'baseline'), ('ours', 'default'), ('gpu_aug_worker', 'gpu_aug')):
+        network = next(r['network_images_per_s'] for r in rows if r['config'] == config)
+        assert cores[path]['config'] == config
+        assert cores[path]['cores'] == pytest.approx(network / per_core[path, 'base'])
+    out = capsys.readouterr().out
+    assert 'epoch and 500-epoch times EXTRAPOLATED to 3052 steps/epoch' in out and 'smoke test passed' in out
+    assert out.count('loader cores one GPU needs') == 3
+    import report  # the same figures as gpu_check.py's ImageNet part renders them in report.md and the README
+    figures = {'dataset': 'ImageNet-100-LT', 'data': results['data'], 'batch_size': 4, 'workers': 1,
+               'device_augment': results['device_augment'], 'per_core': results['per_core'],
+               'rows': report.speedups(rows, 'baseline'), 'cores': results['cores'], 'timed': '1 epoch of 1 step'}
+    markdown = '\n'.join(report.render_imagenet(figures, {'reference': results['reference']}))
+    assert '| 500 epochs |' in markdown and 'EXTRAPOLATED' in markdown and '| BCL k=2 |' in markdown
+    assert markdown.count('loader cores one GPU needs') == 3 and markdown.count('| SimCLR |') == 3
+
+
+def test_image_list_bench_refuses_what_it_cannot_measure(tmp_path, capsys):
+    """Before any measurement, one line each: a part that is CIFAR's only, and ImageNet-LT-exp's epoch, whose
+    size is not known here, without --epoch_images."""
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(['--dataset', 'imagenet100_lt', '--parts', 'eval', '--output', str(tmp_path / 'a.json')])
+    assert stopped.value.code == 'error: unknown part eval: use train, loader (on imagenet100_lt)'
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(['--dataset', 'imagenet_lt_exp', '--smoke', '--output', str(tmp_path / 'b.json')])
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'ImageNet-LT-exp' in err and '--epoch_images' in err
