@@ -178,6 +178,7 @@ IMAGE_LIST_PIPELINES = ('base', 'BCL k=2')  # design 9.3: BCL's k is 2 on the Im
 # the benchmark module's LINES has it (ImageNet-100-LT 12,205, Places-LT 62,500); ImageNet-LT's list is pinned by
 # git blob id and not counted here: about 115.8k (Liu et al. 2019). ImageNet-LT-exp's size is not known here.
 EPOCH_IMAGES = {'imagenet_lt': 115_800}
+PUBLISHED_IMAGE_LIST_WORKERS = 8  # GH's train_imagenet_places.py: DataLoader(num_workers=8) per process
 DEFAULTS = {  # (CUDA, CPU) defaults of the options whose default depends on the kind of benchmark
     'cifar': dict(methods=(','.join(METHODS),) * 2, batch_size=(512, 4), steps=(10, 3), epochs=(2, 2),
                   loader_images=(0, 256), configs=('default,bf16,channels_last,compile,persistent,cudnn_benchmark,'
@@ -228,6 +229,9 @@ def get_parser(dataset=DEFAULT):
     parser.add_argument('--warmup_epochs', type=int, default=1, help='untimed epochs first')
     parser.add_argument('--num_workers', type=int, default=8 if cuda else os.cpu_count(),
                         help='training and feature-extraction loader workers (train.py/test.py default: 8)')
+    parser.add_argument('--published_workers', type=int, default=None,
+                        help="an image list's published loop: its loader workers per GPU (default: 8, GH's "
+                             'train_imagenet_places.py; --smoke: --num_workers)')
     parser.add_argument('--eval_images', type=int, default=0 if cuda else 16,
                         help='time the feature pass on this many images and scale (0: the real counts)')
     parser.add_argument('--probe_epochs', type=int, default=PROBE_EPOCHS if cuda else 2,
@@ -488,8 +492,9 @@ def image_list_loader(flags, pipeline, data, args, device, targs):
     ImageListDeviceViews with --gpu_aug, as targs' flags say)."""
     dataset = image_list_dataset(data, pipeline, epoch=True)
     if flags.get('published'):
+        workers = args.published_workers or (args.num_workers if args.smoke else PUBLISHED_IMAGE_LIST_WORKERS)
         return dataset, DataLoader(PublishedViews(dataset), batch_size=args.batch_size, shuffle=True,
-                                   num_workers=args.num_workers, pin_memory=False)
+                                   num_workers=workers, pin_memory=False)
     return dataset, train.make_loader(dataset, EpochBatchSampler(len(dataset), args.batch_size, 0), targs, device)
 
 
