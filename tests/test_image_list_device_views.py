@@ -155,21 +155,21 @@ def test_views_divide_as_cuda_would_round_correctly(jpegs):
     assert mode.found == []
 
 
-def test_the_loader_decodes_in_workers_and_keeps_the_order(jpegs):
-    """ImageListDeviceViews with 2 persistent loader workers: the sampler's batches in order, each equal to the
-    PIL path's views of its positions; an epoch's later batches after a mid-epoch start; the next epoch's
-    batches with new BCL weights (the workers see them and the epoch through shared memory)."""
+def test_the_loader_decodes_in_workers_and_keeps_the_order(jpegs, device):
+    """ImageListDeviceViews with 2 persistent loader workers (on CUDA: pinned batches): the sampler's batches in
+    order, each equal to the PIL path's views of its positions; an epoch's later batches after a mid-epoch start;
+    the next epoch's batches with new BCL weights (the workers see them and the epoch through shared memory)."""
     dataset = boosted(jpegs)
     sampler = EpochBatchSampler(IMAGES, 7, seed=1)
-    loader = ImageListDeviceViews(dataset, sampler, torch.device('cpu'), num_workers=2, persistent_workers=True)
+    loader = ImageListDeviceViews(dataset, sampler, device, num_workers=2, persistent_workers=True)
     sampler.set_epoch(2, start_step=1)
     dataset.set_epoch(2)
-    batches = list(loader)
+    batches = [(views.cpu(), positions.cpu()) for views, positions in loader]
     assert [p.tolist() for _, p in batches] == [sampler.order(2)[7:].tolist()]
     dataset.update_momentum_weight(torch.arange(IMAGES, 0, -1, dtype=torch.float64))
     sampler.set_epoch(3)
     dataset.set_epoch(3)
-    batches += list(loader)
+    batches += [(views.cpu(), positions.cpu()) for views, positions in loader]
     assert [p.tolist() for _, p in batches[1:]] == [sampler.order(3)[:7].tolist(), sampler.order(3)[7:].tolist()]
     for views, positions in batches[1:]:
         assert torch.equal(views, pil_views(dataset, positions.tolist()))
