@@ -85,7 +85,7 @@ REAL_SIZES = [(375, 500), (333, 500), (500, 375), (224, 224), (1200, 1600), (180
               (2200, 1700), (60, 80), (224, 300)]
 
 
-def test_resized_crops_downscale_like_pil_at_224():
+def test_resized_crops_downscale_like_pil_at_224(device):
     """ImageNet's crops (design 9.3's draws over each image's own size, both views, plus the whole image, a
     1-pixel box and the largest side) resized to 224 as PIL's crop + resize(BICUBIC), pixel for pixel:
     downscales widen Pillow's filter (up to 41 taps here), upscales keep 5; Pillow 13 resamples some boxes
@@ -100,8 +100,9 @@ def test_resized_crops_downscale_like_pil_at_224():
         for box in boxes[0].tolist():
             top, left, box_height, box_width = box
             orders.add(bool(B.vertical_first(box_height, box_width, 224, 224)))
-            got, = as_pixels(B.resized_crops(as_batch(image[None]), torch.tensor([[box]]), 224, taps,
-                                             B.vertical_first(box_height, box_width, 224, 224)))
+            order = B.vertical_first(box_height, box_width, 224, 224)
+            boxes_here = torch.tensor([[box]], device=device)
+            got, = as_pixels(B.resized_crops(as_batch(image[None], device), boxes_here, 224, taps, order))
             expected = F.resized_crop(Image.fromarray(image), top, left, box_height, box_width, [224, 224],
                                       InterpolationMode.BICUBIC, antialias=True)
             assert np.array_equal(got, np.asarray(expected)), ((height, width), box)
